@@ -1,0 +1,336 @@
+"""The policy: load a Hugging Face causal LM, sample from it, and score its completions.
+
+Three jobs, one section each:
+  1. loading      -- any HF causal LM by name or path, or the built-in tiny testbed (no download, ever);
+  2. rollout      -- batched sampling with `generate` and the KV cache, n samples per prompt, chunked;
+  3. log-probs    -- per-token log-probs of completions that never build a full-vocab fp32
+                     log-softmax for the whole batch.
+The tiny testbed (a ~1M-parameter Qwen2, a character tokenizer and a synthetic addition task with a
+verifiable answer) lives here too, so the whole SRT loop runs offline on a laptop CPU.
+"""
+import os
+import random
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# The paper's user message (paper-notes §1.4): problem + this suffix, through the model's chat template.
+INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Loading
+
+
+def load_model(name_or_path, device="cpu", gradient_checkpointing=False):
+    """Load any HF causal LM and its tokenizer (a hub id, a save_pretrained folder, or a .gguf file).
+    Weights are fp32 (master weights for AdamW); bf16 comes
+    from autocast. Tokenizer pads on the left, so every prompt ends where its completion starts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = {}
+    if name_or_path.endswith(".gguf"):  # a local GGUF file (needs the gguf and accelerate packages)
+        name_or_path, kw["gguf_file"] = os.path.split(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
+        # transformers 5 loads in the checkpoint's dtype (bf16 for Qwen); ask for fp32 explicitly.
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kw)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"could not load model '{name_or_path}' (a hub id or a local folder "
+                         f"with config.json and weights): {e}") from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        # Safe even when pad == EOS: completion masks come from the first stop token, never from pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    if gradient_checkpointing:
+        set_gradient_checkpointing(model)
+    return model, tokenizer
+
+
+def set_gradient_checkpointing(model):
+    """Recompute activations in the backward pass (CUDA memory). transformers >= 5.23 renamed the call.
+    It is only active in train mode, and generation runs in eval mode, so the KV cache stays on."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable()
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def stop_token_ids(model, tokenizer):
+    """Every token that ends a response: the tokenizer's EOS, the model config's EOS ids, and the chat
+    turn end `<|im_end|>` when it exists (Qwen2.5-Math stops on both, hub-facts.md)."""
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.add(im_end)
+    return sorted(i for i in ids if i is not None)
+
+
+def format_prompt(tokenizer, problem):
+    """The paper's user message through the model's chat template (plain text when it has none)."""
+    message = problem + INSTRUCTION
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template([{"role": "user", "content": message}], tokenize=False,
+                                             add_generation_prompt=True)
+    return message
+
+
+def encode_prompts(tokenizer, problems, max_prompt_tokens):
+    """Token ids of each formatted prompt; None where it is longer than max_prompt_tokens."""
+    texts = [format_prompt(tokenizer, p) for p in problems]
+    ids = tokenizer(texts, add_special_tokens=False).input_ids
+    return [x if len(x) <= max_prompt_tokens else None for x in ids]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tiny testbed: a character tokenizer, a small Qwen2, and a synthetic task with a checkable answer.
+
+TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer built locally with `tokenizers`: Qwen's byte-level BPE with its 256
+    byte symbols and no merges, so every character is a token. Being Qwen-shaped matters: transformers 5
+    rebuilds a saved tokenizer from the model type's class (Qwen2Tokenizer here), and a tokenizer of any
+    other shape would silently tokenize differently after a reload. Qwen-style chat template; EOS is
+    <|im_end|> and the pad token is separate. The paper's instruction is one added token, so prompts stay
+    short while going through exactly the real code path."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|im_end|>",
+                                  padding_side="left", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+    tok.add_tokens([INSTRUCTION])
+    tok.chat_template = TINY_TEMPLATE
+    return tok
+
+
+def tiny_model(tokenizer, seed=0, hidden=128, layers=4, heads=4):
+    """A ~0.7M-parameter Qwen2 built from a config with random weights (no download)."""
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def tiny_problem(rng, digits):
+    """One addition problem with zero-padded operands and its step-by-step solution: one line per column,
+    right to left, `a+b+carry=sum`, then the boxed sum. Fixed-width lines keep it learnable by a tiny
+    model; sampling errors in any column change the final answer, which is what majority voting fixes."""
+    a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
+    sa, sb = f"{a:0{digits}d}", f"{b:0{digits}d}"
+    lines, carry = [], 0
+    for x, y in zip(reversed(sa), reversed(sb)):
+        s = int(x) + int(y) + carry
+        lines.append(f"{x}+{y}+{carry}={s:02d}")
+        carry = s // 10
+    answer = str(a + b)
+    return {"problem": f"{sa}+{sb}", "answer": answer,
+            "solution": "\n".join(lines) + f"\n\\boxed{{{answer}}}"}
+
+
+def tiny_task(n, seed, digits=4, exclude=()):
+    """n distinct problems from a seeded RNG, none of whose texts are in `exclude` (held-out split)."""
+    rng, rows, seen = random.Random(seed), [], set(exclude)
+    while len(rows) < n:
+        row = tiny_problem(rng, digits)
+        if row["problem"] not in seen:
+            seen.add(row["problem"])
+            rows.append({"id": f"add{digits}-{seed}-{len(rows)}", **row})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Rollout: n samples for each prompt, with generate's KV cache, in bounded chunks.
+
+
+@dataclass
+class Rollout:
+    """One sampled response. `completion_ids` ends at (and includes) the first stop token, so EOS is in
+    the loss; when no stop token came within max_new_tokens the response is `truncated`."""
+    prompt_ids: list
+    completion_ids: list
+    text: str
+    truncated: bool
+
+
+def left_pad(seqs, pad_id):
+    """[list[int]] -> input_ids [b, L] left-padded, attention_mask [b, L]."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, L - len(s):] = 1
+    return ids, mask
+
+
+def completion_lengths(completions, stop_ids):
+    """[b, C] generated ids -> [b] length up to and including the first stop token, and [b] truncated.
+    Built from the first stop token, never from `!= pad`: Qwen's pad token *is* one of its EOS tokens."""
+    is_stop = torch.isin(completions, torch.tensor(stop_ids, device=completions.device))  # [b, C]
+    has_stop = is_stop.any(dim=1)                                                          # [b]
+    first = is_stop.int().argmax(dim=1)                                                    # [b]
+    lengths = torch.where(has_stop, first + 1, torch.full_like(first, completions.shape[1]))
+    return lengths, ~has_stop
+
+
+@torch.inference_mode()
+def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0,
+            chunk=64, stop_ids=None, amp=False, progress=None):
+    """Sample n responses for each prompt (prompt-major order: response j of prompt i is at i*n + j).
+
+    Runs in eval mode (gradient checkpointing would silently turn the KV cache off in train mode) and
+    under inference_mode; at most `chunk` sequences are generated at once so the KV cache is bounded.
+    Every sampling knob is passed explicitly: transformers 5 otherwise fills unset ones from the model's
+    generation_config (top_k=50 by default), which would silently change the sampling distribution."""
+    stop_ids = stop_ids or stop_token_ids(model, tokenizer)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    flat = [p for p in prompt_ids for _ in range(n)]
+    sampling = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0
+                else dict(do_sample=False))  # temperature 0 = greedy decoding, for evaluation
+    out = []
+    for start in range(0, len(flat), chunk):
+        seqs = flat[start:start + chunk]
+        ids, mask = left_pad(seqs, tokenizer.pad_token_id)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+        completions = gen[:, ids.shape[1]:]                                   # [chunk, <=max_new_tokens]
+        lengths, truncated = completion_lengths(completions, stop_ids)
+        for i, p in enumerate(seqs):
+            c = completions[i, :lengths[i]].tolist()
+            out.append(Rollout(p, c, tokenizer.decode(c, skip_special_tokens=True), bool(truncated[i])))
+        if progress is not None:
+            progress.update(len(seqs))
+    model.train(was_training)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# 3. Per-token log-probs of completions, memory-bounded.
+
+
+def pack(rollouts, pad_id, device):
+    """Rollouts -> input_ids [b, P+C] (prompts left-padded, completions right-padded), attention_mask
+    [b, P+C], completion ids [b, C] and completion mask [b, C] (1 up to and including the stop token)."""
+    P = max(len(r.prompt_ids) for r in rollouts)
+    C = max(len(r.completion_ids) for r in rollouts)
+    ids = torch.full((len(rollouts), P + C), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, r in enumerate(rollouts):
+        p, c = r.prompt_ids, r.completion_ids
+        ids[i, P - len(p):P + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, P - len(p):P + len(c)] = 1
+    return ids.to(device), attn.to(device), ids[:, P:].to(device), attn[:, P:].to(device)
+
+
+def _chunk_logprobs(hidden, lm_head, targets, temperature):
+    """hidden [T, d], targets [T] -> log-prob [T] and entropy [T] of the temperature-scaled policy.
+    Only this chunk's logits [T, V] ever exist in fp32."""
+    logits = lm_head(hidden).float() / temperature      # [T, V]: divide by the sampling temperature first
+    logz = torch.logsumexp(logits, dim=-1)              # [T]
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
+    with torch.no_grad():
+        entropy = logz - (logits.softmax(-1) * logits).sum(-1)
+    return logp, entropy
+
+
+def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, chunk_tokens=1024):
+    """log pi(y_t | x, y_<t) for every completion token -> logp [b, C], entropy [b, C] (0 on padding).
+
+    The transformer body runs once; the LM head runs only at completion positions, a chunk of tokens at
+    a time under activation checkpointing, so the backward pass recomputes each chunk's logits instead
+    of keeping [b, C, V] alive. Position ids follow the attention mask, exactly as `generate` does with
+    left padding, so these log-probs equal the sampler's."""
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)                               # [b, P+C]
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+    C = comp_ids.shape[1]
+    hidden = hidden[:, -C - 1:-1]                                          # [b, C, d]: predicts token t
+    sel = comp_mask.bool()                                                 # [b, C]
+    h, targets = hidden[sel], comp_ids[sel]                                # [T, d], [T]
+    lm_head = model.get_output_embeddings()
+    logps, ents = [], []
+    for s in range(0, len(targets), chunk_tokens):
+        lp, en = checkpoint(_chunk_logprobs, h[s:s + chunk_tokens], lm_head, targets[s:s + chunk_tokens],
+                            temperature, use_reentrant=False)
+        logps.append(lp)
+        ents.append(en)
+    logp = torch.zeros(comp_ids.shape, dtype=torch.float32, device=ids.device)
+    entropy = torch.zeros_like(logp)
+    logp = logp.masked_scatter(sel, torch.cat(logps))
+    entropy = entropy.masked_scatter(sel, torch.cat(ents))
+    return logp, entropy
+
+
+def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3, cache_dir=None, log=print):
+    """Build the testbed's start policy: supervised warm-up of a tiny model on the addition task (labels
+    are allowed here, as in the paper's Reasoning Gym runs), until greedy accuracy on a validation split
+    reaches `target`. Cached as a save_pretrained folder; returns its path.
+
+    Why it is robust: the step-by-step, fixed-width solution format makes every output token a local
+    computation, so each seed learns in a few hundred steps instead of waiting on a lucky plateau escape."""
+    import json
+    import time
+
+    from rewards import extract_answer
+
+    path = os.path.join(cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed"),
+                        f"warmup-seed{seed}")
+    if os.path.exists(os.path.join(path, "warmup.json")):
+        return path
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed)
+    heldout_seed, valid_seed = 1_000_001, 1_000_002  # eval.TINY_EVAL_SEED, and this warm-up's own split
+    valid = tiny_task(100, valid_seed, digits)
+    exclude = {r["problem"] for r in valid + tiny_task(200, heldout_seed, digits)}
+    train = tiny_task(50_000, seed + 2_000_000, digits, exclude)
+    valid_ids = encode_prompts(tok, [r["problem"] for r in valid], 64)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
+    rng, t0, acc, step = random.Random(seed), time.time(), 0.0, 0
+    while acc < target and step < max_steps:
+        step += 1
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, step / 100)  # linear warm-up, then constant
+        rows = rng.sample(train, batch)
+        seqs = [Rollout(p, tok(r["solution"], add_special_tokens=False).input_ids + [tok.eos_token_id], "", False)
+                for p, r in zip(encode_prompts(tok, [r["problem"] for r in rows], 64), rows)]
+        ids, attn, comp, mask = pack(seqs, tok.pad_token_id, "cpu")
+        logp, _ = completion_logprobs(model, ids, attn, comp, mask)       # [b, C]
+        loss = -(logp * mask).sum() / mask.sum()                           # next-token cross-entropy
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 50 == 0 and step >= 200:
+            outs = rollout(model, tok, valid_ids, 1, 64, temperature=0)
+            acc = sum(extract_answer(o.text) == r["answer"] for o, r in zip(outs, valid)) / len(valid)
+            log(f"warm-up step {step}: loss {loss.item():.3f} greedy valid acc {acc:.2f} ({time.time() - t0:.0f}s)")
+    if acc < target:
+        raise RuntimeError(f"tiny warm-up (seed {seed}) reached only {acc:.2f} < {target} in {step} steps")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    with open(os.path.join(path, "warmup.json"), "w") as f:
+        json.dump({"seed": seed, "steps": step, "greedy_valid_acc": acc, "seconds": time.time() - t0}, f)
+    return path
