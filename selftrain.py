@@ -115,8 +115,8 @@ class Config:
 
 # The offline testbed's defaults, applied by --tiny unless a flag overrides them (README: "The tiny
 # testbed"). Warm-up, then SRT on fresh problems from the same synthetic task.
-TINY = dict(model="tiny", train_data="tiny", eval_data="tiny", prompts_per_step=16, samples_per_prompt=8,
-            max_prompt_tokens=64, max_new_tokens=64, lr=3e-5, steps=100, eval_every=25, eval_samples=8,
+TINY = dict(model="tiny", train_data="tiny", eval_data="tiny", prompts_per_step=16, samples_per_prompt=16,
+            max_prompt_tokens=64, max_new_tokens=64, lr=2e-5, steps=100, eval_every=50, eval_samples=8,
             save_every=50, out_dir="out-tiny", advantage="grpo", kl_coef=0.0, gen_chunk=128,
             micro_batch=128, amp=False, grad_checkpointing=False, device="cpu")
 
