@@ -280,7 +280,7 @@ def test_tiny_task_answers_are_right_and_heldout_is_disjoint():
 
 def test_config_flags_and_tiny_defaults():
     cfg = parse_config(["--tiny", "--lr", "1e-4", "--amp", "false"])
-    assert cfg.tiny and cfg.model == "tiny" and cfg.lr == 1e-4 and cfg.amp is False and cfg.samples_per_prompt == 8
+    assert cfg.tiny and cfg.model == "tiny" and cfg.lr == 1e-4 and cfg.amp is False and cfg.samples_per_prompt == 16
     cfg = parse_config([])
     assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.lr == 1e-6 and cfg.kl_coef == 0.001
     assert "majority answer" in selftrain.field_docs(Config)["label"]
