@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from model import encode_prompts, load_model, rollout, tiny_task
+from model import TINY_EVAL_SEED, encode_prompts, load_model, rollout, tiny_task
 from rewards import extract_answer, is_equiv, majority_vote
 
 # Known benchmarks: short name -> (hub id, config, split). Fields are auto-detected (hub-facts.md).
@@ -28,7 +28,6 @@ BENCHMARKS = {
 }
 PROBLEM_FIELDS = ("problem", "question", "prompt", "Problem", "Question", "input")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "ground_truth", "solution", "Solution")
-TINY_EVAL_SEED = 1_000_001  # the testbed's held-out problems; training problems never overlap them
 
 
 def tiny_heldout(n=200):

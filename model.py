@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+TINY_EVAL_SEED = 1_000_001  # the testbed's held-out problems; warm-up and SRT training never see them
+
 # The paper's user message (paper-notes §1.4): problem + this suffix, through the model's chat template.
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
 
@@ -302,9 +304,9 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
         return path
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed)
-    heldout_seed, valid_seed = 1_000_001, 1_000_002  # eval.TINY_EVAL_SEED, and this warm-up's own split
+    valid_seed = 1_000_002  # this warm-up's own validation split
     valid = tiny_task(100, valid_seed, digits)
-    exclude = {r["problem"] for r in valid + tiny_task(200, heldout_seed, digits)}
+    exclude = {r["problem"] for r in valid + tiny_task(200, TINY_EVAL_SEED, digits)}
     train = tiny_task(50_000, seed + 2_000_000, digits, exclude)
     valid_ids = encode_prompts(tok, [r["problem"] for r in valid], 64)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
