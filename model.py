@@ -298,8 +298,8 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
 
     from rewards import extract_answer
 
-    path = os.path.join(cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed"),
-                        f"warmup-seed{seed}")
+    name = f"warmup-seed{seed}" + ("" if target == 0.8 else f"-target{target:g}")
+    path = os.path.join(cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed"), name)
     if os.path.exists(os.path.join(path, "warmup.json")):
         return path
     tok = tiny_tokenizer()
@@ -325,7 +325,7 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if step % 50 == 0 and step >= 200:
+        if step % 10 == 0 and step >= 200:  # accuracy jumps within ~50 steps: check often to stop near target
             outs = rollout(model, tok, valid_ids, 1, 64, temperature=0)
             acc = sum(extract_answer(o.text) == r["answer"] for o, r in zip(outs, valid)) / len(valid)
             log(f"warm-up step {step}: loss {loss.item():.3f} greedy valid acc {acc:.2f} ({time.time() - t0:.0f}s)")

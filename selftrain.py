@@ -38,6 +38,8 @@ class Config:
     """HF hub id or local folder of the start policy (the paper: Qwen2.5-Math-7B; 1.5B fits one GPU)"""
     tiny: bool = False
     """offline CPU testbed: warm up a tiny model on synthetic addition, then run SRT on it"""
+    warmup_target: float = 0.8
+    """testbed only: the warm-up stops at this greedy validation accuracy (a weaker start leaves more to learn)"""
     train_data: str = "DigitalLearningGmbH/MATH-lighteval"
     """training problems: a hub dataset id, a local .jsonl/.json/.parquet file, or 'tiny'"""
     train_config: str = ""
@@ -308,8 +310,6 @@ def load_checkpoint(opt, cfg):
 def main(cfg):
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     amp = cfg.amp  # bf16 autocast with fp32 master weights (also runs on the CPU, slowly)
-    random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
@@ -318,7 +318,9 @@ def main(cfg):
     # Reasoning Gym runs do) and cache it. After this point no label is used in SRT mode.
     if cfg.model == "tiny":
         from model import tiny_warmup
-        cfg.model = tiny_warmup(seed=cfg.seed)
+        cfg.model = tiny_warmup(seed=cfg.seed, target=cfg.warmup_target)
+    random.seed(cfg.seed)  # seeded after the warm-up, so a run that had to build it equals one that found it cached
+    torch.manual_seed(cfg.seed)
     ckpt = os.path.join(cfg.out_dir, "ckpt")
     if cfg.resume and not os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
         raise SystemExit(f"--resume: no checkpoint at {ckpt}")
