@@ -14,7 +14,7 @@ import os
 
 import torch
 
-from model import TINY_EVAL_SEED, encode_prompts, load_model, rollout, tiny_task
+from model import TINY_EVAL_SEED, TINY_VALID_SEED, encode_prompts, load_model, rollout, tiny_task
 from rewards import extract_answer, is_equiv, majority_vote
 
 # Known benchmarks: short name -> (hub id, config, split). Fields are auto-detected (hub-facts.md).
@@ -130,11 +130,13 @@ def load_rows(source, config=None, split="train", problem_field="", answer_field
 
 def load_eval_sets(spec, data_dir="", limit=0):
     """'math500,aime24' or file paths or 'tiny' -> {name: rows}. With data_dir, a benchmark name reads
-    <data_dir>/<name>.jsonl instead of the hub."""
+    <data_dir>/<name>.jsonl instead of the hub. 'tiny-val' is the testbed's 100 validation problems."""
     sets = {}
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
         if name == "tiny":
             rows = tiny_heldout()
+        elif name == "tiny-val":
+            rows = tiny_task(100, seed=TINY_VALID_SEED)
         elif data_dir and os.path.exists(os.path.join(data_dir, f"{name}.jsonl")):
             rows = load_rows(os.path.join(data_dir, f"{name}.jsonl"))
         elif name in BENCHMARKS:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 TINY_EVAL_SEED = 1_000_001  # the testbed's held-out problems; warm-up and SRT training never see them
+TINY_VALID_SEED = 1_000_002  # the warm-up's validation problems, also the small labelled set for early stopping
 
 # The paper's user message (paper-notes §1.4): problem + this suffix, through the model's chat template.
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
@@ -304,8 +305,7 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
         return path
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed)
-    valid_seed = 1_000_002  # this warm-up's own validation split
-    valid = tiny_task(100, valid_seed, digits)
+    valid = tiny_task(100, TINY_VALID_SEED, digits)
     exclude = {r["problem"] for r in valid + tiny_task(200, TINY_EVAL_SEED, digits)}
     train = tiny_task(50_000, seed + 2_000_000, digits, exclude)
     valid_ids = encode_prompts(tok, [r["problem"] for r in valid], 64)

@@ -56,7 +56,8 @@ class Config:
     """folder of local <benchmark>.jsonl files used instead of the hub (offline), e.g. ../shared/data"""
     # --- the method (paper §3, Algorithm 1; defaults from paper-notes §1)
     label: str = "majority"
-    """'majority' = SRT, the label is the group's own majority answer; 'gold' = RL with the true answer"""
+    """'majority' = SRT, the label is the group's own majority answer; 'gold' = RL with the true answer;
+    'offline' = the fixed start model's majority answer, computed once before training (paper §5)"""
     advantage: str = "rloo"
     """'rloo': R_i - mean of the other samples (the paper's v1 runs); 'grpo': group z-score"""
     prompts_per_step: int = 16
@@ -83,6 +84,21 @@ class Config:
     """max global grad norm (paper: 1.0)"""
     steps: int = 400
     """RL steps to run (paper: SRT peaks at ~300-600 steps, then may collapse)"""
+    # --- mitigations of reward hacking (paper §5; paper-notes §4)
+    curriculum: float = 1.0
+    """keep this easiest fraction of the training prompts, ranked label-free by the start model's majority share (paper: 1/3)"""
+    filter_share: float = 0.0
+    """online filter: drop prompts whose majority share is below this and refill the batch (paper v2 App. I.7: 0.6; 0 = off)"""
+    teacher_samples: int = 16
+    """samples per prompt of the start model's one-off vote for --label offline and --curriculum (paper: 32)"""
+    val_data: str = ""
+    """small labelled hold-out for early stopping, named like eval_data (paper: 1% of DAPO; testbed: 'tiny-val')"""
+    early_stop: int = 0
+    """stop when val_data avg@k has not improved for this many evals; the best model is kept in out_dir/best (0 = off)"""
+    collapse_alarm: float = 0.0
+    """label-free alarm: stop when this share of a step's prompts have one same majority answer (paper §4.1.1; 0 = off)"""
+    ttt: bool = False
+    """test-time training (TTRL): train with SRT on the eval sets' own problems, their answers hidden from training"""
     # --- evaluation and checkpoints
     eval_every: int = 50
     """evaluate on the held-out sets every this many steps (0: only at start and end)"""
@@ -161,6 +177,9 @@ def parse_config(argv=None):
 
 
 def load_train_rows(cfg):
+    if cfg.ttt:  # test-time training: the held-out problems themselves (answers only logged in SRT mode)
+        return [r for rows in evaluation.load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit).values()
+                for r in rows]
     if cfg.train_data == "tiny":
         from model import tiny_task
         return tiny_task(2000, seed=cfg.seed + 1, exclude={r["problem"] for r in evaluation.tiny_heldout()})
@@ -180,20 +199,49 @@ def batch_indices(step, n_rows, batch, seed):
     return out
 
 
+def teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids, amp):
+    """The start model's majority answer and majority share for every training prompt, computed once before
+    training and cached in out_dir (paper §5): the fixed teacher's offline labels, and the label-free
+    difficulty ranking of the curriculum (a high share means an easy prompt)."""
+    path = os.path.join(cfg.out_dir, "teacher.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    k, votes, per_call = cfg.teacher_samples, [], max(1, cfg.gen_chunk // cfg.teacher_samples)
+    for s in tqdm(range(0, len(prompt_ids), per_call), desc="teacher votes", leave=False):
+        outs = rollout(model, tokenizer, prompt_ids[s:s + per_call], k, cfg.max_new_tokens, cfg.temperature,
+                       cfg.top_p, cfg.gen_chunk, stop_ids, amp)
+        for g in range(len(outs) // k):
+            label, count = majority_vote([extract_answer(o.text) for o in outs[g * k:(g + 1) * k]])
+            votes.append({"label": label, "share": count / k})
+    with open(path + ".tmp", "w") as f:
+        json.dump(votes, f)
+    os.replace(path + ".tmp", path)
+    return votes
+
+
+def easiest(votes, fraction):
+    """The label-free curriculum (paper §5): indices of the `fraction` of prompts with the highest start-model
+    majority share, in dataset order (ties keep dataset order)."""
+    ranked = sorted(range(len(votes)), key=lambda i: -votes[i]["share"])
+    return sorted(ranked[:max(1, round(fraction * len(votes)))])
+
+
 # ------------------------------------------------------------------------------------------------------
 # The algorithm, one function per step of the paper's loop.
 
 
-def label_and_reward(answers, gold, mode):
-    """Steps 3-4 for one prompt. answers: the n extracted answers (None = unparseable).
+def label_and_reward(answers, fixed, mode):
+    """Steps 3-4 for one prompt. answers: the n extracted answers (None = unparseable); fixed: the prompt's
+    label from outside the policy (the dataset's gold answer, or the offline teacher's majority answer).
 
     SRT and RL with ground truth differ only in where the label comes from (paper §3):
-    the majority vote over the group's own parseable answers, or the dataset's answer.
-    Returns (label or None, rewards [n], majority count)."""
+    the majority vote over the group's own parseable answers, or a fixed answer.
+    Returns (label or None, rewards [n], majority answer, majority count)."""
     maj, count = majority_vote(answers)
-    label = maj if mode == "majority" else gold          # <- the one line that makes it self-rewarded
+    label = maj if mode == "majority" else fixed         # <- the one line that makes it self-rewarded
     rewards = [float(a is not None and label is not None and is_equiv(a, label)) for a in answers]
-    return label, rewards, count
+    return label, rewards, maj, count
 
 
 def advantages(rewards, kind):
@@ -275,21 +323,26 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id):
 # Checkpoints: save_pretrained folders plus optimizer, step and RNG state, written atomically.
 
 
-def save_checkpoint(model, tokenizer, opt, step, cfg):
-    final, tmp = os.path.join(cfg.out_dir, "ckpt"), os.path.join(cfg.out_dir, "ckpt.tmp")
+def save_model(model, tokenizer, path, trainer_state=None):
+    """A save_pretrained folder (plus trainer_state.pt), swapped in only when complete: a crash mid-write
+    never loses the last one."""
+    tmp, old = path + ".tmp", path + ".old"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    if trainer_state is not None:
+        torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model, tokenizer, opt, step, cfg):
     rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)},
-               os.path.join(tmp, "trainer_state.pt"))
-    # Swap in the new one only when it is complete, so a crash mid-write never loses the last checkpoint.
-    old = final + ".old"
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    save_model(model, tokenizer, os.path.join(cfg.out_dir, "ckpt"),
+               {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)})
 
 
 def load_checkpoint(opt, cfg):
@@ -343,25 +396,66 @@ def main(cfg):
     rows, prompt_ids = [rows[i] for i in keep], [prompt_ids[i] for i in keep]
     if not rows:
         raise SystemExit(f"no training prompts left from '{cfg.train_data}'")
+    # Mitigations that need the start model's own votes, taken once before training (paper §5).
+    if cfg.label == "offline" or cfg.curriculum < 1:
+        votes = teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids, amp)
+        for r, v in zip(rows, votes):
+            r["teacher"] = v["label"]                  # offline labels: a fixed teacher, never updated
+        if cfg.curriculum < 1:
+            easy = easiest(votes, cfg.curriculum)
+            print(f"curriculum: kept the {len(easy)} easiest of {len(rows)} prompts (start-model majority share "
+                  f">= {min(votes[i]['share'] for i in easy):.2f})")
+            rows, prompt_ids = [rows[i] for i in easy], [prompt_ids[i] for i in easy]
     eval_sets = evaluation.load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
+    val_sets = evaluation.load_eval_sets(cfg.val_data, cfg.data_dir, cfg.eval_limit) if cfg.val_data else {}
+    if cfg.early_stop and not val_sets:
+        raise SystemExit("--early_stop needs a labelled hold-out: --val_data")
 
     start = load_checkpoint(opt, cfg) if cfg.resume else 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.1f}M parameters on {device} | {len(rows)} training prompts | label={cfg.label} "
           f"| {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples per step | steps {start}->{cfg.steps}")
 
+    evals = {}  # step -> held-out results of this process
+
     def run_eval(step):
-        results = evaluation.evaluate_sets(model, tokenizer, eval_sets, k=cfg.eval_samples,
+        results = evaluation.evaluate_sets(model, tokenizer, {**eval_sets, **val_sets}, k=cfg.eval_samples,
                                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                            chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)
         with open(os.path.join(cfg.out_dir, "eval.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **results}) + "\n")
+        evals[step] = results
         tqdm.write(f"eval step {step}: " + " | ".join(
             f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
             for name, r in results.items()))
         return results
 
+    # Early stopping (paper §5): keep the model that scores best on the small labelled hold-out, and stop
+    # after `early_stop` evaluations without a gain. Resumed runs recover the best score from eval.jsonl.
+    best = {"avg": -1.0, "step": start}
+
+    def val_improved(step, results):
+        avg = sum(results[n]["avg"] for n in val_sets) / len(val_sets)
+        if avg <= best["avg"]:
+            return False
+        best.update(avg=avg, step=step)
+        return True
+
+    if val_sets and start > 0 and os.path.exists(os.path.join(cfg.out_dir, "eval.jsonl")):
+        with open(os.path.join(cfg.out_dir, "eval.jsonl")) as f:
+            for line in f:
+                e = json.loads(line)
+                if e["step"] <= start and all(n in e for n in val_sets):
+                    val_improved(e["step"], e)
+
+    def track_val(step, results):
+        if val_sets and val_improved(step, results):
+            save_model(model, tokenizer, os.path.join(cfg.out_dir, "best"))
+
     first_eval = run_eval(start) if start == 0 else None
+    if first_eval:
+        track_val(0, first_eval)
+    step = start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="SRT" if cfg.label == "majority" else "RL")
     for step in bar:
         t0 = time.time()
@@ -374,10 +468,12 @@ def main(cfg):
         # 3-4. label each prompt and reward each response
         n = cfg.samples_per_prompt
         answers = [extract_answer(o.text) for o in outs]                  # B*n, prompt-major
-        rewards, labelled, m = [], [], {"maj_share": 0.0, "unanimous": 0, "label_acc": [], "reward_acc": []}
+        rewards, labelled, majs, m = [], [], [], {"maj_share": 0.0, "unanimous": 0, "label_acc": [], "reward_acc": []}
         for g, i in enumerate(batch):
             group = answers[g * n:(g + 1) * n]
-            label, r, count = label_and_reward(group, rows[i].get("answer"), cfg.label)
+            label, r, maj, count = label_and_reward(group, rows[i].get("teacher" if cfg.label == "offline"
+                                                                       else "answer"), cfg.label)
+            majs.append(maj)
             rewards.append(r)
             labelled.append(label is not None)
             m["maj_share"] += count / n
@@ -408,6 +504,9 @@ def main(cfg):
         metrics = {
             "step": step + 1, "pseudo_reward" if cfg.label == "majority" else "reward": R.mean().item(),
             "maj_share": m["maj_share"] / B, "unanimous": m["unanimous"] / B,
+            # the paper's collapse: one answer for every prompt. Share of prompts whose majority answer is
+            # the step's most common one (label-free; 1/B when every prompt has its own answer)
+            "same_answer": majority_vote(majs)[1] / B,
             "no_answer": sum(a is None for a in answers) / len(answers),
             "unlabelled": 1 - sum(labelled) / B,
             "truncated": sum(o.truncated for o in outs) / len(outs), "resp_len": gen_tokens / len(outs),
@@ -422,12 +521,24 @@ def main(cfg):
         bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("pseudo_reward", "reward", "maj_share", "label_acc",
                                                           "entropy", "kl", "grad_norm") if metrics.get(k) is not None})
 
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            run_eval(step + 1)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        stop = None
+        if cfg.collapse_alarm and metrics["same_answer"] >= cfg.collapse_alarm:
+            stop = (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
+                    f"(pseudo-reward {R.mean().item():.2f})")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and not stop:
+            track_val(step + 1, run_eval(step + 1))
+            if cfg.early_stop and step + 1 - best["step"] >= cfg.early_stop * cfg.eval_every:
+                stop = f"early stop: no gain on {cfg.val_data} since step {best['step']} (avg@k {best['avg']:.3f})"
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop:
             save_checkpoint(model, tokenizer, opt, step + 1, cfg)
+        if stop:
+            tqdm.write(f"step {step + 1}: {stop}; stopping")
+            step += 1
+            break
+    else:
+        step = cfg.steps
 
-    last_eval = run_eval(cfg.steps) if start < cfg.steps else None
+    last_eval = (evals.get(step) or run_eval(step)) if start < step else None
     if first_eval and last_eval:
         for name in last_eval:
             a, b = first_eval[name], last_eval[name]

@@ -659,3 +659,52 @@ def test_real_model_path_with_smollm2():
     ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
     logp, ent = completion_logprobs(model, ids, attn, comp, mask, chunk_tokens=16)
     assert torch.isfinite(logp).all() and (logp[mask.bool()] < 0).all() and (ent[mask.bool()] > 0).all()
+
+
+# ------------------------------------------------------------------ issue 4: mitigations of reward hacking
+
+def test_offline_labels_replace_the_majority_and_curriculum_keeps_the_easiest():
+    # offline mode takes the teacher's fixed label even where the group's own majority disagrees
+    label, r, maj, count = selftrain.label_and_reward(["7", "7", "3"], "3", "offline")
+    assert (label, r, maj, count) == ("3", [0.0, 0.0, 1.0], "7", 2)
+    votes = [{"share": s} for s in (0.25, 1.0, 0.5, 1.0, 0.75, 0.0)]
+    assert selftrain.easiest(votes, 0.5) == [1, 3, 4]          # highest shares, in dataset order
+    assert selftrain.easiest(votes, 0.01) == [1]                # never empty
+
+
+def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(4, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(selftrain, "load_train_rows", lambda cfg: tiny_task(8, seed=5))
+    cfg = run(tmp_path, "offline", label="offline", curriculum=0.5, teacher_samples=4, steps=1, kl_coef=0.0)
+    selftrain.main(cfg)
+    with open(os.path.join(cfg.out_dir, "teacher.json")) as f:
+        votes = json.load(f)
+    assert len(votes) == 8 and all(0 <= v["share"] <= 1 for v in votes)
+    assert sum(v["label"] is not None for v in votes) >= 6      # the warm-up model answers most prompts
+    calls = []
+    monkeypatch.setattr(selftrain, "rollout", lambda *a, **k: calls.append(1) or [])
+    assert selftrain.teacher_votes(None, None, [[1]] * 8, cfg, [], False) == votes and not calls  # cached
+
+
+def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(4, seed=evaluation.TINY_EVAL_SEED))
+    # 1/B of the prompts always "share" an answer, so an alarm at 0.01 fires on the first step
+    cfg = run(tmp_path, "alarm", collapse_alarm=0.01)
+    selftrain.main(cfg)
+    m = metrics(cfg)
+    assert len(m) == 1 and m[0]["same_answer"] >= 1 / cfg.prompts_per_step
+    assert torch.load(os.path.join(cfg.out_dir, "ckpt", "trainer_state.pt"), weights_only=False)["step"] == 1
+    # a hold-out score that never improves: keep the step-0 model as the best, stop after `early_stop` evals
+    flat = {"avg": 0.5, "maj": 0.5, "pass": 0.5, "parse_rate": 1.0, "mean_len": 1.0, "n": 8, "skipped_long": 0}
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, **k: dict(flat))
+    cfg = run(tmp_path, "early", val_data="tiny-val", early_stop=2, eval_every=1, steps=10)
+    selftrain.main(cfg)
+    assert len(metrics(cfg)) == 2 and os.path.exists(os.path.join(cfg.out_dir, "best", "model.safetensors"))
+    with open(os.path.join(cfg.out_dir, "eval.jsonl")) as f:
+        evals = [json.loads(l) for l in f]
+    assert [e["step"] for e in evals] == [0, 1, 2] and "tiny-val" in evals[0]
+
+
+def test_test_time_training_trains_on_the_eval_problems():
+    cfg = parse_config(["--tiny", "--ttt"])
+    assert [r["problem"] for r in selftrain.load_train_rows(cfg)] == [r["problem"] for r in evaluation.tiny_heldout()]

@@ -1,0 +1,275 @@
+"""The paper in miniature: each claim of arXiv 2505.21444, reproduced on the CPU testbed, one command.
+
+    python miniature.py                  # every run (finished ones are skipped), then figures and the table
+    python miniature.py srt-s0 gold-s0   # only these runs, then figures and the table
+    python miniature.py --report         # figures and table from the finished runs only
+
+Each run is a plain `python selftrain.py ...` command (printed, and listed in the README), writing to
+out-mini/<name>/. The results table in README.md (between the `miniature` markers) and the PNGs in
+figures/ are generated here from those runs' eval.jsonl and metrics.jsonl, never typed in.
+matplotlib is needed for the figures only.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(ROOT, "out-mini")
+FIGS = os.path.join(ROOT, "figures")
+
+# All runs start from a weaker warm-up than `--tiny`'s (greedy 0.6, not 0.8): the paper's base models solve
+# 15-30% of their test problems, and a start policy near its ceiling leaves SRT nothing to show.
+BASE = ["--tiny", "--warmup_target", "0.6", "--steps", "200", "--eval_every", "25", "--save_every", "50"]
+SEEDS = (0, 1, 2)
+SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at other rates
+SWEEP = ("1e-5", "2e-5", "4e-5")
+COLLAPSE = ["--lr", "3e-4", "--kl_coef", "0.001"]  # aggressive SRT (paper §4.1.1: prolonged or fast SRT hacks)
+COLLAPSE_STEPS = 100
+
+RUNS = {}
+for s in SEEDS:                                    # claims 1-3: SRT against RL with gold labels, 3 seeds
+    RUNS[f"srt-s{s}"] = BASE + ["--lr", SRT_LR, "--seed", str(s)]
+    RUNS[f"gold-s{s}"] = BASE + ["--lr", GOLD_LR, "--seed", str(s), "--label", "gold"]
+for lr in SWEEP:                                   # claim 2: a small learning-rate sweep for each, seed 0
+    if lr != SRT_LR:
+        RUNS[f"srt-lr{lr}"] = BASE + ["--lr", lr]
+    if lr != GOLD_LR:
+        RUNS[f"gold-lr{lr}"] = BASE + ["--lr", lr, "--label", "gold"]
+# claim 4: collapse; claim 5: each mitigation at the same aggressive rate, for 3x as many steps
+RUNS["collapse"] = BASE + COLLAPSE + ["--steps", str(COLLAPSE_STEPS)]
+LONG = BASE + COLLAPSE + ["--steps", str(3 * COLLAPSE_STEPS)]
+RUNS["early-stop"] = LONG + ["--early_stop", "2", "--val_data", "tiny-val"]
+RUNS["alarm"] = LONG + ["--collapse_alarm", "0.5"]
+RUNS["offline-labels"] = LONG + ["--label", "offline"]
+RUNS["curriculum"] = LONG + ["--curriculum", "0.33"]
+RUNS["online-filter"] = LONG + ["--filter_share", "0.6"]
+# claim 6: the evolving teacher against a fixed one, at the SRT rate
+RUNS["offline-s0"] = BASE + ["--lr", SRT_LR, "--label", "offline"]
+# TTRL's variants: votes from more samples than are trained on; test-time training on the eval set
+RUNS["ttrl-votes"] = BASE + ["--lr", SRT_LR, "--samples_per_prompt", "8", "--votes_per_prompt", "16"]
+RUNS["ttt"] = BASE + ["--lr", SRT_LR, "--ttt"]
+
+
+def command(name):
+    return [sys.executable, "selftrain.py", *RUNS[name], "--out_dir", os.path.join("out-mini", name)]
+
+
+def run(name, threads):
+    """One run, resumed if it was interrupted, skipped if it finished with the same flags."""
+    out = os.path.join(OUT, name)
+    done = os.path.join(out, "done.json")
+    if os.path.exists(done) and json.load(open(done))["flags"] == RUNS[name]:
+        return
+    resume = os.path.exists(os.path.join(out, "ckpt", "trainer_state.pt"))
+    if not resume:
+        for f in ("metrics.jsonl", "eval.jsonl"):
+            if os.path.exists(os.path.join(out, f)):
+                os.remove(os.path.join(out, f))
+    os.makedirs(out, exist_ok=True)
+    cmd = command(name) + (["--resume"] if resume else [])
+    print(" ".join(cmd[1:]), flush=True)
+    t0 = time.time()
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), HF_HUB_OFFLINE="1")
+    with open(os.path.join(out, "log.txt"), "a") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if rc != 0:
+        print(f"{name}: failed (exit {rc}); see {out}/log.txt", flush=True)
+        return
+    json.dump({"flags": RUNS[name], "seconds": time.time() - t0, "threads": threads}, open(done, "w"))
+    print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
+
+
+def read(name):
+    """(evals, metrics) of a finished run: lists of dicts by step; None if it has not finished."""
+    out = os.path.join(OUT, name)
+    if not os.path.exists(os.path.join(out, "done.json")):
+        return None
+    lines = lambda f: [json.loads(l) for l in open(os.path.join(out, f))] if os.path.exists(os.path.join(out, f)) else []
+    evals = {e["step"]: e["tiny"] for e in lines("eval.jsonl")}  # a resumed run may repeat a step: keep the last
+    return [{"step": s, **evals[s]} for s in sorted(evals)], lines("metrics.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------------
+# The claims, measured from the runs
+
+
+def gain(evals, key="avg"):
+    """Peak improvement of a held-out metric over its start value."""
+    return max(e[key] for e in evals) - evals[0][key]
+
+
+def mean_sd(xs):
+    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0) if xs else (None, None)
+
+
+def fmt(m, sd=None, pct=True):
+    """+12.3 ± 1.0 (points) for gains, 0.85 ± 0.05 for ratios."""
+    if m is None:
+        return "not run"
+    k, f = (100, "{:+.1f}") if pct else (1, "{:.2f}")
+    return f.format(k * m) + (" ± " + f.format(k * sd).lstrip("+") if sd else "")
+
+
+def claims():
+    r = {n: read(n) for n in RUNS}
+    rows = []
+    srt = [gain(r[f"srt-s{s}"][0]) for s in SEEDS if r[f"srt-s{s}"]]
+    gold = [gain(r[f"gold-s{s}"][0]) for s in SEEDS if r[f"gold-s{s}"]]
+    m, sd = mean_sd(srt)
+    rows.append(("1. SRT improves held-out avg@8 without labels", "peak gain ≥ +15 pts",
+                 f"{fmt(m, sd)} pts ({len(srt)} seeds)", m is not None and m >= 0.15))
+    ratios = [a / b for a, b in zip(srt, gold) if b > 0]
+    m2, sd2 = mean_sd(ratios)
+    rows.append(("2. SRT rivals gold RL early", "SRT gain / gold gain ≥ 0.75",
+                 f"{fmt(m2, sd2, pct=False)} (gold {fmt(*mean_sd(gold))} pts)", m2 is not None and m2 >= 0.75))
+    maj = [gain(r[f"srt-s{s}"][0], "maj") for s in SEEDS if r[f"srt-s{s}"]]
+    m3, sd3 = mean_sd(maj)
+    rows.append(("3. The teacher improves: maj@8 rises", "peak gain ≥ +10 pts", f"{fmt(m3, sd3)} pts",
+                 m3 is not None and m3 >= 0.10))
+    c = r["collapse"]
+    if c:
+        ev, me = c
+        hacked = max(x["pseudo_reward"] for x in me) > 0.85 and ev[-1]["avg"] <= 0.1
+        rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1",
+                     f"pseudo-reward max {max(x['pseudo_reward'] for x in me):.2f}, avg@8 {ev[0]['avg']:.2f} → "
+                     f"{ev[-1]['avg']:.2f}, one answer for {100 * me[-1].get('same_answer', 0):.0f}% of prompts"
+                     f"; first to move: {first_mover(me)}", hacked))
+    else:
+        rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1", "not run", False))
+    survived = []
+    for name in ("early-stop", "alarm", "offline-labels", "curriculum", "online-filter"):
+        if r[name]:
+            ev, me = r[name]
+            steps = me[-1]["step"] if me else 0
+            ok = steps >= 3 * COLLAPSE_STEPS and ev[-1]["avg"] > 0.1
+            survived.append(f"{name}: {steps} steps, avg@8 {ev[-1]['avg']:.2f}" + (" (no collapse)" if ok else ""))
+    rows.append(("5. Mitigations", f"one runs {3 * COLLAPSE_STEPS} steps without collapse", "; ".join(survived) or "not run",
+                 any("no collapse" in s for s in survived)))
+    on, off = r["srt-s0"], r["offline-s0"]
+    if on and off:
+        d = on[0][-1]["avg"] - off[0][-1]["avg"]
+        rows.append(("6. The evolving teacher beats a fixed one", "online − offline avg@8 at the last step > 0",
+                     f"{fmt(d)} pts", d > 0))
+    else:
+        rows.append(("6. The evolving teacher beats a fixed one", "online − offline > 0", "not run", False))
+    return rows, r
+
+
+def first_mover(metrics, window=5):
+    """Which label-free diagnostic leaves its early range first (3 early-window spreads past its start)."""
+    keys = ("pseudo_reward", "kl", "entropy", "same_answer", "resp_len")
+    firsts = {}
+    for k in keys:
+        xs = [m.get(k) for m in metrics]
+        if any(x is None for x in xs) or len(xs) < 2 * window:
+            continue
+        base = xs[:window]
+        mu, sd = statistics.mean(base), statistics.pstdev(base) + 1e-3
+        hit = next((m["step"] for m, x in zip(metrics[window:], xs[window:]) if abs(x - mu) > 3 * sd + 0.05 * abs(mu)), None)
+        if hit is not None:
+            firsts[k] = hit
+    return ", ".join(f"{k} (step {s})" for k, s in sorted(firsts.items(), key=lambda kv: kv[1])) or "none"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Figures and the README table
+
+
+def figures(r):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(FIGS, exist_ok=True)
+    panels = [("held-out avg@8", "eval", "avg"), ("held-out maj@8", "eval", "maj"),
+              ("pseudo-reward", "metrics", "pseudo_reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
+              ("KL to start model", "metrics", "kl"), ("entropy", "metrics", "entropy")]
+
+    def plot(groups, path, title):
+        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+        for ax, (label, src, key) in zip(axes.flat, panels):
+            for name, style in groups:
+                if not r.get(name):
+                    continue
+                ev, me = r[name]
+                pts = [(x["step"], x.get(key)) for x in (ev if src == "eval" else me) if x.get(key) is not None]
+                if key == "pseudo_reward" and not pts:      # gold runs log their true reward as 'reward'
+                    pts = [(x["step"], x["reward"]) for x in me if x.get("reward") is not None]
+                if pts:
+                    xs, ys = zip(*pts)
+                    if src == "metrics":                    # per-step metrics are noisy: a running mean of 5
+                        ys = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
+                    ax.plot(xs, ys, label=name, **style)
+            ax.set_title(label)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        axes.flat[0].legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+
+    seeds = [(f"srt-s{s}", {"color": "C0", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
+            [(f"gold-s{s}", {"color": "C1", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
+            [("offline-s0", {"color": "C2"})]
+    plot(seeds, os.path.join(FIGS, "srt_vs_gold.png"), "Claims 1-3, 6: SRT (no labels) vs RL with gold labels vs offline labels")
+    plot([("collapse", {"color": "C3"})] + [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(
+        ("early-stop", "alarm", "offline-labels", "curriculum", "online-filter"))],
+         os.path.join(FIGS, "collapse.png"), f"Claims 4-5: lr 3e-4 collapses; mitigations at the same rate")
+    plot([("srt-s0", {"color": "C0"}), ("ttrl-votes", {"color": "C5"}), ("ttt", {"color": "C6"})],
+         os.path.join(FIGS, "ttrl.png"), "TTRL variants: 16 votes / 8 trained; test-time training on the eval set")
+
+
+def table(rows, r):
+    out = ["| claim | threshold | measured | holds |", "|---|---|---|---|"]
+    out += [f"| {c} | {t} | {m} | {'yes' if ok else 'no'} |" for c, t, m, ok in rows]
+    out += ["", "Every run (held-out avg@8 / maj@8 at the start, at the best eval, at the end):", "",
+            "| run | flags | start | best (step) | end | minutes |", "|---|---|---|---|---|---|"]
+    for name, flags in RUNS.items():
+        if not r[name]:
+            out.append(f"| {name} | `{' '.join(flags)}` | not run | | | |")
+            continue
+        ev, _ = r[name]
+        best = max(ev, key=lambda e: e["avg"])
+        secs = json.load(open(os.path.join(OUT, name, "done.json")))["seconds"]
+        out.append(f"| {name} | `{' '.join(flags)}` | {ev[0]['avg']:.3f} / {ev[0]['maj']:.3f} | {best['avg']:.3f} / "
+                   f"{best['maj']:.3f} ({best['step']}) | {ev[-1]['avg']:.3f} / {ev[-1]['maj']:.3f} | {secs / 60:.1f} |")
+    return "\n".join(out)
+
+
+def report():
+    rows, r = claims()
+    text = table(rows, r)
+    print(text)
+    try:
+        figures(r)
+    except ImportError:
+        print("matplotlib is not installed: no figures")
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    a, b = "<!-- miniature:start -->", "<!-- miniature:end -->"
+    if a in readme and b in readme:
+        readme = readme[:readme.index(a) + len(a)] + "\n" + text + "\n" + readme[readme.index(b):]
+        open(os.path.join(ROOT, "README.md"), "w").write(readme)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="*", help=f"run names (default: all): {', '.join(RUNS)}")
+    p.add_argument("--jobs", type=int, default=2, help="runs at once; each gets cores // jobs threads")
+    p.add_argument("--report", action="store_true", help="only regenerate the figures and the table")
+    a = p.parse_args()
+    unknown = [n for n in a.runs if n not in RUNS]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; known: {list(RUNS)}")
+    if not a.report:
+        from model import tiny_warmup  # build each seed's start policy once, before runs share it
+        for s in sorted({int(RUNS[n][RUNS[n].index("--seed") + 1]) if "--seed" in RUNS[n] else 0 for n in a.runs or RUNS}):
+            tiny_warmup(s, target=float(BASE[BASE.index("--warmup_target") + 1]))
+        threads = max(1, (os.cpu_count() or 2) // a.jobs)
+        with ThreadPoolExecutor(a.jobs) as pool:
+            list(pool.map(lambda n: run(n, threads), a.runs or list(RUNS)))
+    report()
