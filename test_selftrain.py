@@ -179,7 +179,9 @@ def test_policy_loss_gradient_clipping_and_kl():
     logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     adv = torch.tensor([2.0, -1.0])
-    loss, st = policy_loss(logp, logp.detach(), None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    ent = torch.zeros_like(logp)
+    loss, st = policy_loss(logp, logp.detach(), None, ent, adv, mask, Config(kl_coef=0.0))
+    loss = (loss * mask).sum()
     loss.backward()
     # on-policy: loss = -sum A (value), gradient = -A per unmasked token, clip fraction 0
     assert loss.item() == pytest.approx(-(2 + 2 - 1))
@@ -187,13 +189,14 @@ def test_policy_loss_gradient_clipping_and_kl():
     assert st["clip_sum"] == 0
     # off-policy ratio above 1+eps with A > 0: clipped, no gradient
     logp2 = torch.tensor([[0.0]], requires_grad=True)
-    loss, st = policy_loss(logp2, torch.tensor([[-1.0]]), None, torch.tensor([1.0]), torch.ones(1, 1), 0.2, 0.0)
-    loss.backward()
+    loss, st = policy_loss(logp2, torch.tensor([[-1.0]]), None, torch.zeros(1, 1), torch.tensor([1.0]),
+                           torch.ones(1, 1), Config(kl_coef=0.0))
+    loss.sum().backward()
     assert logp2.grad.item() == 0 and st["clip_sum"] == 1
     # k3 KL: zero when equal to the reference, positive otherwise
-    _, st = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, 0.2, 0.1)
+    _, st = policy_loss(logp, logp.detach(), logp.detach(), ent, adv, mask, Config(kl_coef=0.1))
     assert st["kl_sum"] == pytest.approx(0.0, abs=1e-7)
-    _, st = policy_loss(logp, logp.detach(), logp.detach() - 0.5, adv, mask, 0.2, 0.1)
+    _, st = policy_loss(logp, logp.detach(), logp.detach() - 0.5, ent, adv, mask, Config(kl_coef=0.1))
     assert st["kl_sum"] > 0
 
 
@@ -659,3 +662,4 @@ def test_real_model_path_with_smollm2():
     ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
     logp, ent = completion_logprobs(model, ids, attn, comp, mask, chunk_tokens=16)
     assert torch.isfinite(logp).all() and (logp[mask.bool()] < 0).all() and (ent[mask.bool()] > 0).all()
+
