@@ -8,6 +8,7 @@ arXiv 2505.21444). Each step, in the order of the paper's Algorithm 1:
     4. reward each response 1 if its answer is equivalent to the label, else 0
     5. advantages within each group (RLOO or GRPO)
     6. one on-policy PPO-clipped update, token-mean loss, optional k3 KL to the start model
+These are the defaults; each choice the paper and its peers vary is one flag (README: "Ablation knobs").
 Run `python selftrain.py` on one CUDA GPU for the paper's recipe, or `python selftrain.py --tiny` for
 the offline CPU testbed (a tiny model warmed up on a synthetic addition task, then trained with SRT).
 """
@@ -376,7 +377,7 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
     grad_norms, trained = [], set()
     for _ in range(cfg.ppo_epochs):
         for k in range(cfg.minibatches):
-            part = range(k * N // cfg.minibatches, (k + 1) * N // cfg.minibatches)  # whole groups when B | minibatches
+            part = range(k * N // cfg.minibatches, (k + 1) * N // cfg.minibatches)  # prompt-major slice
             n_tokens = sum(len(rollouts[i].completion_ids) for i in part)          # the one normaliser
             # A sequence with A = 0, no KL and no entropy term contributes no gradient: skip it.
             idx = [i for i in part if adv[i] != 0 or ref_model is not None or cfg.entropy_coef]
@@ -395,7 +396,7 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
                         with torch.no_grad():
                             ref_logp, _ = completion_logprobs(ref_model, ids, attn, comp, mask, cfg.temperature,
                                                               cfg.logprob_chunk)
-                # One update per rollout batch: pi_old is the current policy, so no extra forward is needed.
+                # One update: pi_old is the current policy, so no extra forward is needed.
                 old_logp = logp.detach() if old_logps is None else torch.nn.utils.rnn.pad_sequence(
                     [old_logps[i] for i in mb], batch_first=True).to(device)        # [b, C]
                 loss, st = policy_loss(logp, old_logp, ref_logp, entropy, mb_adv, mask, cfg)
@@ -414,7 +415,8 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             sums["norm_tokens"] += n_tokens
             trained.update(idx)
     t = max(sums["trained_tokens"], 1)
-    return {"grad_norm": sum(grad_norms) / len(grad_norms), "pg_term": sums["pg_sum"] / max(sums["norm_tokens"], 1),
+    return {"grad_norm": sum(grad_norms) / len(grad_norms),
+            "pg_term": sums["pg_sum"] / max(sums["norm_tokens"], 1),
             "kl": sums["kl_sum"] / t if ref_model is not None else None,
             "entropy": sums["entropy_sum"] / t, "clip_frac": sums["clip_sum"] / t,
             "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained)}
@@ -570,7 +572,8 @@ def main(cfg):
         B = len(batch)
         gen_tokens = sum(len(o.completion_ids) for o in outs)
         train_tokens = sum(len(o.prompt_ids) + len(o.completion_ids) for o in train_outs)
-        flops = 2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs) + 6 * n_params * train_tokens * n_updates
+        flops = (2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs)
+                 + 6 * n_params * train_tokens * n_updates)
         metrics = {
             "step": step + 1, "pseudo_reward" if cfg.label == "majority" else "reward": R.mean().item(),
             "maj_share": m["maj_share"] / B, "unanimous": m["unanimous"] / B,
