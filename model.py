@@ -249,19 +249,22 @@ def pack(rollouts, pad_id, device):
     return ids.to(device), attn.to(device), ids[:, P:].to(device), attn[:, P:].to(device)
 
 
-def _chunk_logprobs(hidden, lm_head, targets, temperature):
+def _chunk_logprobs(hidden, lm_head, targets, temperature, entropy_grad=False):
     """hidden [T, d], targets [T] -> log-prob [T] and entropy [T] of the temperature-scaled policy.
-    Only this chunk's logits [T, V] ever exist in fp32."""
+    Only this chunk's logits [T, V] ever exist in fp32. The entropy is a constant unless entropy_grad
+    (an entropy bonus in the loss)."""
     logits = lm_head(hidden).float() / temperature      # [T, V]: divide by the sampling temperature first
     logz = torch.logsumexp(logits, dim=-1)              # [T]
     logp = logits.gather(-1, targets[:, None]).squeeze(-1) - logz
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = logz - (logits.softmax(-1) * logits).sum(-1)
     return logp, entropy
 
 
-def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, chunk_tokens=1024):
-    """log pi(y_t | x, y_<t) for every completion token -> logp [b, C], entropy [b, C] (0 on padding).
+def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, chunk_tokens=1024,
+                        entropy_grad=False):
+    """log pi(y_t | x, y_<t) for every completion token -> logp [b, C], entropy [b, C] (0 on padding;
+    differentiable only with entropy_grad).
 
     The transformer body runs once; the LM head runs only at completion positions, a chunk of tokens at
     a time under activation checkpointing, so the backward pass recomputes each chunk's logits instead
@@ -277,7 +280,7 @@ def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, 
     logps, ents = [], []
     for s in range(0, len(targets), chunk_tokens):
         lp, en = checkpoint(_chunk_logprobs, h[s:s + chunk_tokens], lm_head, targets[s:s + chunk_tokens],
-                            temperature, use_reentrant=False)
+                            temperature, entropy_grad, use_reentrant=False)
         logps.append(lp)
         ents.append(en)
     logp = torch.zeros(comp_ids.shape, dtype=torch.float32, device=ids.device)

@@ -8,6 +8,7 @@ arXiv 2505.21444). Each step, in the order of the paper's Algorithm 1:
     4. reward each response 1 if its answer is equivalent to the label, else 0
     5. advantages within each group (RLOO or GRPO)
     6. one on-policy PPO-clipped update, token-mean loss, optional k3 KL to the start model
+These are the defaults; each choice the paper and its peers vary is one flag (README: "Ablation knobs").
 Run `python selftrain.py` on one CUDA GPU for the paper's recipe, or `python selftrain.py --tiny` for
 the offline CPU testbed (a tiny model warmed up on a synthetic addition task, then trained with SRT).
 """
@@ -28,7 +29,7 @@ from tqdm import tqdm
 import eval as evaluation
 from model import (completion_logprobs, encode_prompts, load_model, pack, rollout, set_gradient_checkpointing,
                    stop_token_ids)
-from rewards import extract_answer, is_equiv, majority_vote
+from rewards import extract_answer, is_equiv, majority_vote, vote_classes
 
 
 @dataclass
@@ -59,11 +60,21 @@ class Config:
     """'majority' = SRT, the label is the group's own majority answer; 'gold' = RL with the true answer;
     'offline' = the fixed start model's majority answer, computed once before training (paper §5)"""
     advantage: str = "rloo"
-    """'rloo': R_i - mean of the other samples (the paper's v1 runs); 'grpo': group z-score"""
+    """'rloo': R_i - mean of the others, no std (paper v1); 'grpo': group z-score (GRPO, TTRL, paper v2);
+    'drgrpo': R_i - group mean, no std (Dr. GRPO). grpo vs drgrpo is std scaling on/off"""
+    reward_shape: str = "binary"
+    """'binary': 1 if the answer agrees with the label (paper-notes §1.1); 'soft': the vote share of the
+    response's answer in its group (the SRT code's soft_reward, off in the paper; SRT only)"""
+    min_majority_share: float = 0.0
+    """SRT only: a prompt whose majority share is below this gets no label, so reward 0, no KL, no gradient
+    (the SRT code's self_consistency_threshold: 0.0 in the paper's script, 0.6 in its yaml)"""
     prompts_per_step: int = 16
     """B, prompts per RL step (paper: 16)"""
     samples_per_prompt: int = 16
-    """n, responses sampled per prompt; they both vote and train (paper: 32, halved to fit one GPU)"""
+    """n, responses per prompt that train (paper: 32, halved to fit one GPU; they also vote)"""
+    votes_per_prompt: int = 0
+    """responses sampled per prompt that vote; a random samples_per_prompt of them train (TTRL: 64 vote,
+    32 train). 0: the same as samples_per_prompt, every sample votes and trains (the paper)"""
     max_prompt_tokens: int = 1024
     """longer prompts are filtered out at load time (paper: 1024)"""
     max_new_tokens: int = 3072
@@ -72,10 +83,28 @@ class Config:
     """sampling temperature for rollouts; log-probs use the same one (paper: 1.0)"""
     top_p: float = 1.0
     """nucleus sampling for rollouts (paper: 1.0, i.e. off)"""
-    clip_eps: float = 0.2
-    """PPO clip range; inactive with one on-policy update, logged as the clip fraction (paper: 0.2)"""
+    clip_eps_low: float = 0.2
+    """PPO clip: the ratio is clipped below at 1 - this; inactive with one on-policy update (paper: 0.2)"""
+    clip_eps_high: float = 0.2
+    """PPO clip: the ratio is clipped above at 1 + this (paper: 0.2; DAPO's clip-higher: 0.28)"""
+    ppo_epochs: int = 1
+    """passes over each rollout batch; with minibatches, updates per batch = ppo_epochs x minibatches
+    (paper: 1, fully on-policy)"""
+    minibatches: int = 1
+    """optimizer steps per pass, each on a prompt-major slice of the batch (paper: 1; TTRL: 8, one prompt each)"""
     kl_coef: float = 0.001
-    """beta of the k3 KL to the frozen start model, in the loss; 0 skips the reference model (paper: 1e-3)"""
+    """beta of the KL to the frozen start model; 0 skips the reference model (paper: 1e-3)"""
+    kl_in: str = "loss"
+    """where the KL goes: 'loss' (TTRL, GRPO, paper v2 GRPO runs) or 'reward', beta x the response's summed
+    per-token KL subtracted from its reward before the advantage (the paper's RLOO runs, paper-notes §1.2)"""
+    kl_estimator: str = "k3"
+    """'k3' = exp(ref - logp) - (ref - logp) - 1 (paper: verl's low_var_kl); 'k1' = logp - ref"""
+    entropy_coef: float = 0.0
+    """entropy bonus alpha: the loss subtracts alpha x the policy's per-token entropy (paper-notes §1.2:
+    verl's default 0.001 may have applied; v2 App. G.5: a positive bonus speeds up collapse)"""
+    loss_agg: str = "token-mean"
+    """'token-mean' over the step's tokens (verl, the paper's code); 'seq-mean' per response, then over
+    responses (original GRPO); 'constant': token sum / (responses x max_new_tokens) (Dr. GRPO)"""
     lr: float = 1e-6
     """AdamW learning rate, constant (paper: 1e-6)"""
     weight_decay: float = 0.01
@@ -172,6 +201,26 @@ def parse_config(argv=None):
     return Config(**vars(parser.parse_args(argv)))
 
 
+def check_config(cfg):
+    """Stop before any model is loaded when the ablation knobs are misspelt or contradict each other."""
+    choices = {"advantage": ("rloo", "grpo", "drgrpo"), "reward_shape": ("binary", "soft"),
+               "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
+               "loss_agg": ("token-mean", "seq-mean", "constant")}
+    for name, ok in choices.items():
+        if getattr(cfg, name) not in ok:
+            raise SystemExit(f"--{name} {getattr(cfg, name)}: expected one of {' | '.join(ok)}")
+    if cfg.label != "majority" and (cfg.reward_shape != "binary" or cfg.min_majority_share > 0):
+        raise SystemExit("--reward_shape soft and --min_majority_share are SRT knobs: they need --label majority")
+    if cfg.votes_per_prompt and cfg.votes_per_prompt < cfg.samples_per_prompt:
+        raise SystemExit(f"--votes_per_prompt {cfg.votes_per_prompt} < --samples_per_prompt "
+                         f"{cfg.samples_per_prompt}: the trained responses are a subset of the voters")
+    if cfg.ppo_epochs < 1 or cfg.minibatches < 1:
+        raise SystemExit("--ppo_epochs and --minibatches must be >= 1")
+    if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
+        print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
+              "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
+
+
 # ------------------------------------------------------------------------------------------------------
 # Data
 
@@ -227,96 +276,228 @@ def easiest(votes, fraction):
     return sorted(ranked[:max(1, round(fraction * len(votes)))])
 
 
+FILTER_ROUNDS = 4  # the online filter rolls out at most this many candidate batches per step
+
+
+def online_filter(batch, outs, roll, step, n_rows, cfg):
+    """The online curriculum (paper v2 App. I.7, DAPO-style): drop prompts whose majority share is below
+    filter_share, and refill with fresh prompts until B remain (at most FILTER_ROUNDS rollouts; a short batch
+    trains as it is, and if none passes, the most agreed-on prompt of the last round trains alone).
+    Refills come from their own seeded stream, so a resumed run draws the same ones."""
+    n, B = len(outs) // len(batch), cfg.prompts_per_step
+    kept, kept_outs = [], []
+    for r in range(FILTER_ROUNDS):
+        if r:
+            batch = batch_indices(step * FILTER_ROUNDS + r, n_rows, B, cfg.seed + 1)
+            outs = roll(batch)
+        shares = [majority_vote([extract_answer(o.text) for o in outs[g * n:(g + 1) * n]])[1] / n
+                  for g in range(len(batch))]
+        for g, i in enumerate(batch):
+            if shares[g] >= cfg.filter_share:
+                kept.append(i)
+                kept_outs += outs[g * n:(g + 1) * n]
+        if len(kept) >= B:
+            break
+    if not kept:
+        g = max(range(len(batch)), key=lambda g: shares[g])
+        kept, kept_outs = [batch[g]], outs[g * n:(g + 1) * n]
+    return kept[:B], kept_outs[:B * n]
+
+
+def train_subset(step, n_groups, n, k, seed):
+    """Which k of each group's n voters train (TTRL votes with 64 and trains on 32) -> n_groups lists of k
+    indices. A uniformly random subset drawn independently of the answers, so the trained responses are an
+    unbiased sample of the group; the first k would be too, but the vote's tie-break favours early samples,
+    which would tilt rewards up. Seeded by the step, like batch_indices, so a resumed run draws the same."""
+    if k == n:
+        return [list(range(n))] * n_groups
+    rng = random.Random(f"train-subset {seed} {step}")
+    return [sorted(rng.sample(range(n), k)) for _ in range(n_groups)]
+
+
 # ------------------------------------------------------------------------------------------------------
 # The algorithm, one function per step of the paper's loop.
 
 
-def label_and_reward(answers, fixed, mode):
+def label_and_reward(answers, fixed, mode, shape="binary", min_share=0.0):
     """Steps 3-4 for one prompt. answers: the n extracted answers (None = unparseable); fixed: the prompt's
     label from outside the policy (the dataset's gold answer, or the offline teacher's majority answer).
 
     SRT and RL with ground truth differ only in where the label comes from (paper §3):
     the majority vote over the group's own parseable answers, or a fixed answer.
+    SRT ablations (paper-notes §1.1): a majority share below min_share leaves the prompt unlabelled, and
+    the 'soft' shape rewards each response with its answer's vote share instead of 0/1 agreement.
     Returns (label or None, rewards [n], majority answer, majority count)."""
     maj, count = majority_vote(answers)
     label = maj if mode == "majority" else fixed         # <- the one line that makes it self-rewarded
+    if mode == "majority" and count / len(answers) < min_share:
+        label = None                                     # not confident enough to be trusted as a label
+    if label is not None and shape == "soft":
+        classes = vote_classes(answers)                  # equivalent answers share a class, as in the vote
+        return label, [classes.count(c) / len(answers) if c is not None else 0.0 for c in classes], maj, count
     rewards = [float(a is not None and label is not None and is_equiv(a, label)) for a in answers]
     return label, rewards, maj, count
+
+
+def kl_estimate(logp, ref_logp, estimator):
+    """Per-token estimate of KL(pi || ref) from tokens sampled from pi: logp, ref_logp [b, C] -> [b, C].
+    k1 = logp - ref: unbiased but noisy and often negative. In the loss its expected gradient is zero
+    (E_pi[grad log pi] = 0), so k1 only does something in the reward.
+    k3 = exp(ref - logp) - (ref - logp) - 1 (Schulman): unbiased, >= 0, low variance (verl's low_var_kl)."""
+    d = ref_logp - logp
+    if estimator == "k1":
+        return -d
+    if estimator == "k3":
+        return torch.exp(d) - d - 1
+    raise ValueError(f"unknown kl_estimator '{estimator}' (k1 | k3)")
+
+
+def reward_minus_kl(R, trained, old_logps, ref_logps, cfg):
+    """The KL in the reward (--kl_in reward; the paper's RLOO runs, paper-notes §1.2). R: [B, k] rewards;
+    trained: [B*k] bool, the rollouts of labelled prompts, whose per-token log-probs under the sampling
+    policy and the start model are old_logps and ref_logps. -> (R - beta * KL per response [B, k], mean
+    per-token KL). The paper subtracts beta * KL_t from each token's reward, but the advantage is per
+    sequence, so only the sum R_i - beta * sum_t KL_it counts: the KL acts through a REINFORCE term that
+    every token of a response shares, longer responses pay more, and the group baseline keeps only the
+    KL's differences within a group. Unlabelled prompts get no KL (the SRT code masks it)."""
+    kl_tok = [kl_estimate(o, r, cfg.kl_estimator) for o, r in zip(old_logps, ref_logps)]  # [len] each
+    R = R.clone()
+    R.view(-1)[trained] -= cfg.kl_coef * torch.stack([x.sum() for x in kl_tok])        # [B, k]
+    return R, torch.cat(kl_tok).mean().item()
 
 
 def advantages(rewards, kind):
     """Step 5. rewards [B, n] -> advantages [B, n], within each prompt's group.
     rloo: A_i = R_i - mean_{j != i} R_j  = n/(n-1) (R_i - mean R); no std (paper v1 App. B.1).
-    grpo: A_i = (R_i - mean R) / (std R + 1e-6)."""
+    grpo: A_i = (R_i - mean R) / (std R + 1e-6).
+    drgrpo: A_i = R_i - mean R (Dr. GRPO: no std, which up-weights groups of near-unanimous answers in
+    grpo). So rloo = drgrpo x n/(n-1): rloo vs grpo is, up to that constant, std scaling off vs on."""
     n = rewards.shape[1]
     centered = rewards - rewards.mean(dim=1, keepdim=True)                 # [B, n]
     if kind == "rloo":
         return centered * n / (n - 1)
     if kind == "grpo":
         return centered / (rewards.std(dim=1, keepdim=True) + 1e-6)
-    raise ValueError(f"unknown advantage '{kind}' (rloo | grpo)")
+    if kind == "drgrpo":
+        return centered
+    raise ValueError(f"unknown advantage '{kind}' (rloo | grpo | drgrpo)")
 
 
-def policy_loss(logp, old_logp, ref_logp, adv, mask, clip_eps, kl_coef):
-    """Step 6's objective per token, summed (the caller divides by the step's token count).
-    logp, old_logp, ref_logp: [b, C]; adv: [b]; mask: [b, C].
-    PPO clip: -min(r A, clip(r, 1-eps, 1+eps) A), r = pi/pi_old. With one on-policy update r == 1, so the
-    loss value is ~0 by construction while its gradient is the policy gradient -A grad log pi.
-    KL: Schulman's k3 estimator exp(ref - logp) - (ref - logp) - 1, >= 0, unbiased for KL(pi || ref)."""
+def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg):
+    """Step 6's objective per token -> loss [b, C] (aggregate() turns it into the step's scalar) and stats.
+    logp, old_logp, entropy: [b, C]; ref_logp: [b, C], or None when the KL is not in the loss; adv: [b].
+    PPO clip: -min(r A, clip(r, 1-eps_low, 1+eps_high) A), r = pi/pi_old. With one on-policy update r == 1,
+    so the loss value is ~0 by construction while its gradient is the policy gradient -A grad log pi.
+    eps_high > eps_low is DAPO's clip-higher: unlikely tokens with A > 0 may grow more before clipping.
+    Then + beta KL (KL in the loss, as TTRL and GRPO) and - alpha H (entropy bonus)."""
     ratio = torch.exp(logp - old_logp)                                      # [b, C]
     a = adv[:, None]                                                        # [b, 1]
-    pg = -torch.min(ratio * a, ratio.clamp(1 - clip_eps, 1 + clip_eps) * a)  # [b, C]
+    unclipped, clipped = ratio * a, ratio.clamp(1 - cfg.clip_eps_low, 1 + cfg.clip_eps_high) * a  # [b, C]
+    pg = -torch.min(unclipped, clipped)                                     # [b, C]
     loss = pg
     kl = torch.zeros_like(logp)
     if ref_logp is not None:
-        d = ref_logp - logp
-        kl = torch.exp(d) - d - 1                                           # [b, C]
-        loss = loss + kl_coef * kl
-    clipped = ((ratio - 1).abs() > clip_eps).float()
-    stats = {"pg_sum": (pg * mask).sum().item(), "kl_sum": (kl * mask).sum().item(),
-             "clip_sum": (clipped * mask).sum().item()}
-    return (loss * mask).sum(), stats
+        kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)                  # [b, C]
+        loss = loss + cfg.kl_coef * kl
+    if cfg.entropy_coef:
+        loss = loss - cfg.entropy_coef * entropy                           # entropy carries a gradient here
+    with torch.no_grad():
+        log_ratio = logp - old_logp
+        stats = {"pg_sum": (pg * mask).sum().item(), "kl_sum": (kl * mask).sum().item(),
+                 "clip_sum": ((clipped < unclipped).float() * mask).sum().item(),  # tokens the clip zeroed
+                 "approx_kl_sum": (((ratio - 1) - log_ratio) * mask).sum().item()}  # k3 of pi_old vs pi
+    return loss, stats
 
 
-def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id):
-    """Step 6: one on-policy update over the step's rollouts, in micro-batches sorted by length, with
-    gradient accumulation and one token normaliser for the whole step (token-mean, as verl)."""
-    model.train()
-    n_tokens = sum(len(r.completion_ids) for r in rollouts)                # the one normaliser
-    # A sequence with A = 0 and no KL term contributes no gradient: skip its forward and backward.
-    idx = [i for i in range(len(rollouts)) if adv[i] != 0 or ref_model is not None]
-    idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
-    sums = {"pg_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "entropy_sum": 0.0, "trained_tokens": 0}
-    opt.zero_grad(set_to_none=True)
-    for s in range(0, len(idx), cfg.micro_batch):
-        mb = idx[s:s + cfg.micro_batch]
-        ids, attn, comp, mask = pack([rollouts[i] for i in mb], pad_id, device)
-        mb_adv = adv[mb].to(device)                                          # [b]
+def aggregate(loss, mask, kind, n_tokens, n_seqs, max_new_tokens):
+    """This micro-batch's share of one update's scalar loss. loss, mask: [b, C]; n_tokens and n_seqs
+    count the whole update's responses, so micro-batching never changes the objective.
+    token-mean (verl, the paper's code): every token weighs the same, so long responses weigh more;
+    seq-mean (original GRPO): a mean per response, then over responses, so a short response's tokens
+    weigh more (Dr. GRPO's length bias); constant (Dr. GRPO): the token sum / (n_seqs x max_new_tokens)."""
+    if kind == "token-mean":
+        return (loss * mask).sum() / n_tokens
+    if kind == "seq-mean":
+        return ((loss * mask).sum(1) / mask.sum(1)).sum() / n_seqs
+    if kind == "constant":
+        return (loss * mask).sum() / (n_seqs * max_new_tokens)
+    raise ValueError(f"unknown loss_agg '{kind}' (token-mean | seq-mean | constant)")
+
+
+@torch.no_grad()
+def sequence_logprobs(model, rollouts, cfg, device, amp, pad_id):
+    """Per-token log-probs of each rollout's completion, no gradient -> [len(completion_ids)] per rollout.
+    Used before the first update: the sampling policy's (pi_old, for several updates or the KL in the
+    reward) and the reference model's (the KL in the reward)."""
+    out = []
+    for s in range(0, len(rollouts), cfg.micro_batch):
+        mb = rollouts[s:s + cfg.micro_batch]
+        ids, attn, comp, mask = pack(mb, pad_id, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logp, entropy = completion_logprobs(model, ids, attn, comp, mask, cfg.temperature,
-                                                cfg.logprob_chunk)         # [b, C] each
-            ref_logp = None
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref_logp, _ = completion_logprobs(ref_model, ids, attn, comp, mask, cfg.temperature,
-                                                      cfg.logprob_chunk)
-        # One update per rollout batch: pi_old is the current policy, so no extra forward is needed.
-        loss_sum, st = policy_loss(logp, logp.detach(), ref_logp, mb_adv, mask, cfg.clip_eps, cfg.kl_coef)
-        (loss_sum / n_tokens).backward()
-        for k, v in st.items():
-            sums[k] += v
-        sums["entropy_sum"] += (entropy * mask).sum().item()
-        sums["trained_tokens"] += int(mask.sum())
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-    if not math.isfinite(grad_norm):  # never let one bad batch poison the weights
-        tqdm.write(f"warning: non-finite grad norm ({grad_norm}); update skipped")
-    elif sums["trained_tokens"] > 0:
-        opt.step()
+            logp, _ = completion_logprobs(model, ids, attn, comp, mask, cfg.temperature, cfg.logprob_chunk)
+        out += [lp[:len(r.completion_ids)].float().cpu() for lp, r in zip(logp, mb)]
+    return out
+
+
+def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_logps=None):
+    """Step 6: ppo_epochs x minibatches optimizer steps over the step's rollouts (the paper: 1 x 1, one
+    on-policy update). Each optimizer step covers a prompt-major slice of the rollouts, in micro-batches
+    sorted by length, with gradient accumulation and one normaliser for the whole slice (loss_agg).
+    ref_model: given when the KL is in the loss. old_logps: the sampling policy's per-token log-probs,
+    needed for every update after the first; None for one update, where pi_old is the current policy
+    and no extra forward is needed."""
+    model.train()
+    n_updates = cfg.ppo_epochs * cfg.minibatches
+    assert old_logps is not None or n_updates == 1, "several updates need the sampling policy's log-probs"
+    N = len(rollouts)
+    sums = {"pg_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "approx_kl_sum": 0.0, "entropy_sum": 0.0,
+            "trained_tokens": 0, "norm_tokens": 0}
+    grad_norms, trained = [], set()
+    for _ in range(cfg.ppo_epochs):
+        for k in range(cfg.minibatches):
+            part = range(k * N // cfg.minibatches, (k + 1) * N // cfg.minibatches)  # prompt-major slice
+            n_tokens = sum(len(rollouts[i].completion_ids) for i in part)          # the one normaliser
+            # A sequence with A = 0, no KL and no entropy term contributes no gradient: skip it.
+            idx = [i for i in part if adv[i] != 0 or ref_model is not None or cfg.entropy_coef]
+            idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
+            opt.zero_grad(set_to_none=True)
+            mb_tokens = 0
+            for s in range(0, len(idx), cfg.micro_batch):
+                mb = idx[s:s + cfg.micro_batch]
+                ids, attn, comp, mask = pack([rollouts[i] for i in mb], pad_id, device)
+                mb_adv = adv[mb].to(device)                                          # [b]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logp, entropy = completion_logprobs(model, ids, attn, comp, mask, cfg.temperature,
+                                                        cfg.logprob_chunk, entropy_grad=bool(cfg.entropy_coef))
+                    ref_logp = None
+                    if ref_model is not None:
+                        with torch.no_grad():
+                            ref_logp, _ = completion_logprobs(ref_model, ids, attn, comp, mask, cfg.temperature,
+                                                              cfg.logprob_chunk)
+                # One update: pi_old is the current policy, so no extra forward is needed.
+                old_logp = logp.detach() if old_logps is None else torch.nn.utils.rnn.pad_sequence(
+                    [old_logps[i] for i in mb], batch_first=True).to(device)        # [b, C]
+                loss, st = policy_loss(logp, old_logp, ref_logp, entropy, mb_adv, mask, cfg)
+                aggregate(loss, mask, cfg.loss_agg, n_tokens, len(part), cfg.max_new_tokens).backward()
+                for key, v in st.items():
+                    sums[key] += v
+                sums["entropy_sum"] += (entropy.detach() * mask).sum().item()
+                mb_tokens += int(mask.sum())
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            if not math.isfinite(grad_norm):  # never let one bad batch poison the weights
+                tqdm.write(f"warning: non-finite grad norm ({grad_norm}); update skipped")
+            elif mb_tokens > 0:
+                opt.step()
+            grad_norms.append(grad_norm)
+            sums["trained_tokens"] += mb_tokens
+            sums["norm_tokens"] += n_tokens
+            trained.update(idx)
     t = max(sums["trained_tokens"], 1)
-    return {"grad_norm": grad_norm, "pg_term": sums["pg_sum"] / max(n_tokens, 1),
+    return {"grad_norm": sum(grad_norms) / len(grad_norms),
+            "pg_term": sums["pg_sum"] / max(sums["norm_tokens"], 1),
             "kl": sums["kl_sum"] / t if ref_model is not None else None,
             "entropy": sums["entropy_sum"] / t, "clip_frac": sums["clip_sum"] / t,
-            "trained_seqs": len(idx)}
+            "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained)}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -361,6 +542,7 @@ def load_checkpoint(opt, cfg):
 
 
 def main(cfg):
+    check_config(cfg)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     amp = cfg.amp  # bf16 autocast with fp32 master weights (also runs on the CPU, slowly)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -461,20 +643,24 @@ def main(cfg):
         t0 = time.time()
         # 1. sample B prompts
         batch = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
-        # 2. roll out n responses per prompt from the current policy
-        outs = rollout(model, tokenizer, [prompt_ids[i] for i in batch], cfg.samples_per_prompt,
-                       cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp)
+        # 2. roll out n responses per prompt from the current policy (n voters, k of them train)
+        n, k = cfg.votes_per_prompt or cfg.samples_per_prompt, cfg.samples_per_prompt
+        roll = lambda idx: rollout(model, tokenizer, [prompt_ids[i] for i in idx], n, cfg.max_new_tokens,
+                                   cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp)
+        outs = roll(batch)
+        if cfg.filter_share:
+            batch, outs = online_filter(batch, outs, roll, step, len(rows), cfg)
         t1 = time.time()
         # 3-4. label each prompt and reward each response
-        n = cfg.samples_per_prompt
         answers = [extract_answer(o.text) for o in outs]                  # B*n, prompt-major
+        picks = train_subset(step, len(batch), n, k, cfg.seed)            # B lists of k indices
         rewards, labelled, majs, m = [], [], [], {"maj_share": 0.0, "unanimous": 0, "label_acc": [], "reward_acc": []}
         for g, i in enumerate(batch):
             group = answers[g * n:(g + 1) * n]
-            label, r, maj, count = label_and_reward(group, rows[i].get("teacher" if cfg.label == "offline"
-                                                                       else "answer"), cfg.label)
+            fixed = rows[i].get("teacher" if cfg.label == "offline" else "answer")
+            label, r, maj, count = label_and_reward(group, fixed, cfg.label, cfg.reward_shape, cfg.min_majority_share)
             majs.append(maj)
-            rewards.append(r)
+            rewards.append([r[j] for j in picks[g]])
             labelled.append(label is not None)
             m["maj_share"] += count / n
             m["unanimous"] += count == n
@@ -483,24 +669,39 @@ def main(cfg):
                 m["label_acc"].append(float(label is not None and is_equiv(label, gold)))
                 true_r = [float(a is not None and is_equiv(a, gold)) for a in group]
                 m["reward_acc"].append(sum(x == y for x, y in zip(r, true_r)) / n)
-        R = torch.tensor(rewards)                                            # [B, n]
-        # 5. advantages; a prompt with no parseable answer has no label and is left out of the loss
-        adv = advantages(R, cfg.advantage)                                  # [B, n]
-        keep_groups = torch.tensor(labelled).repeat_interleave(n)           # [B*n]
-        train_outs = [o for o, k in zip(outs, keep_groups) if k]
+        R = torch.tensor(rewards)                                            # [B, k]
+        # A prompt with no label (no parseable answer, or below min_majority_share) is left out of the loss.
+        keep_groups = torch.tensor(labelled).repeat_interleave(k)           # [B*k]
+        train_outs = [outs[g * n + j] for g in range(len(batch)) for j in picks[g] if labelled[g]]
+        # Log-probs of the sampling policy before any update: every update after the first needs them for
+        # its ratio, and so does the KL in the reward. The default (one update, KL in the loss) needs none.
+        n_updates = cfg.ppo_epochs * cfg.minibatches
+        kl_in_reward = ref_model is not None and cfg.kl_in == "reward" and bool(train_outs)
+        old_logps = sequence_logprobs(model, train_outs, cfg, device, amp, tokenizer.pad_token_id) \
+            if train_outs and (n_updates > 1 or kl_in_reward) else None
+        R_adv, kl_reward = R, None
+        if kl_in_reward:  # the paper's RLOO runs: the return loses beta x the response's KL
+            ref_logps = sequence_logprobs(ref_model, train_outs, cfg, device, amp, tokenizer.pad_token_id)
+            R_adv, kl_reward = reward_minus_kl(R, keep_groups, old_logps, ref_logps, cfg)
+        # 5. advantages
+        adv = advantages(R_adv, cfg.advantage)                              # [B, k]
         t2 = time.time()
-        # 6. one on-policy update
-        stats = update(model, ref_model, opt, train_outs, adv.flatten()[keep_groups], cfg, device, amp,
-                       tokenizer.pad_token_id) \
+        # 6. the update: one on-policy step by default
+        stats = update(model, ref_model if cfg.kl_in == "loss" else None, opt, train_outs,
+                       adv.flatten()[keep_groups], cfg, device, amp, tokenizer.pad_token_id,
+                       old_logps if n_updates > 1 else None) \
             if train_outs else {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None,
-                                "clip_frac": 0.0, "trained_seqs": 0}
+                                "clip_frac": 0.0, "approx_kl": 0.0, "trained_seqs": 0}
+        if kl_reward is not None:
+            stats["kl"] = kl_reward
         t3 = time.time()
 
         # metrics
         B = len(batch)
         gen_tokens = sum(len(o.completion_ids) for o in outs)
         train_tokens = sum(len(o.prompt_ids) + len(o.completion_ids) for o in train_outs)
-        flops = 2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs) + 6 * n_params * train_tokens
+        flops = (2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs)
+                 + 6 * n_params * train_tokens * n_updates)
         metrics = {
             "step": step + 1, "pseudo_reward" if cfg.label == "majority" else "reward": R.mean().item(),
             "maj_share": m["maj_share"] / B, "unanimous": m["unanimous"] / B,

@@ -155,11 +155,11 @@ def test_bf16_autocast_on_cpu_matches_fp32(tiny):
 
 def test_srt_and_gold_differ_only_in_the_label():
     answers = ["5", "5", "\\frac{10}{2}", "7", None, "7"]
-    label, r, count = label_and_reward(answers, "7", "majority")
+    label, r, _, count = label_and_reward(answers, "7", "majority")
     assert label == "5" and count == 3 and r == [1, 1, 1, 0, 0, 0]  # equivalent answers vote together
-    label, r, _ = label_and_reward(answers, "7", "gold")
+    label, r, _, _ = label_and_reward(answers, "7", "gold")
     assert label == "7" and r == [0, 0, 0, 1, 0, 1]
-    label, r, count = label_and_reward([None, None], "7", "majority")
+    label, r, _, count = label_and_reward([None, None], "7", "majority")
     assert label is None and r == [0, 0] and count == 0  # no parseable answer: no label, no reward
 
 
@@ -179,7 +179,9 @@ def test_policy_loss_gradient_clipping_and_kl():
     logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     adv = torch.tensor([2.0, -1.0])
-    loss, st = policy_loss(logp, logp.detach(), None, adv, mask, clip_eps=0.2, kl_coef=0.0)
+    ent = torch.zeros_like(logp)
+    loss, st = policy_loss(logp, logp.detach(), None, ent, adv, mask, Config(kl_coef=0.0))
+    loss = (loss * mask).sum()
     loss.backward()
     # on-policy: loss = -sum A (value), gradient = -A per unmasked token, clip fraction 0
     assert loss.item() == pytest.approx(-(2 + 2 - 1))
@@ -187,13 +189,14 @@ def test_policy_loss_gradient_clipping_and_kl():
     assert st["clip_sum"] == 0
     # off-policy ratio above 1+eps with A > 0: clipped, no gradient
     logp2 = torch.tensor([[0.0]], requires_grad=True)
-    loss, st = policy_loss(logp2, torch.tensor([[-1.0]]), None, torch.tensor([1.0]), torch.ones(1, 1), 0.2, 0.0)
-    loss.backward()
+    loss, st = policy_loss(logp2, torch.tensor([[-1.0]]), None, torch.zeros(1, 1), torch.tensor([1.0]),
+                           torch.ones(1, 1), Config(kl_coef=0.0))
+    loss.sum().backward()
     assert logp2.grad.item() == 0 and st["clip_sum"] == 1
     # k3 KL: zero when equal to the reference, positive otherwise
-    _, st = policy_loss(logp, logp.detach(), logp.detach(), adv, mask, 0.2, 0.1)
+    _, st = policy_loss(logp, logp.detach(), logp.detach(), ent, adv, mask, Config(kl_coef=0.1))
     assert st["kl_sum"] == pytest.approx(0.0, abs=1e-7)
-    _, st = policy_loss(logp, logp.detach(), logp.detach() - 0.5, adv, mask, 0.2, 0.1)
+    _, st = policy_loss(logp, logp.detach(), logp.detach() - 0.5, ent, adv, mask, Config(kl_coef=0.1))
     assert st["kl_sum"] > 0
 
 
@@ -708,3 +711,203 @@ def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_pat
 def test_test_time_training_trains_on_the_eval_problems():
     cfg = parse_config(["--tiny", "--ttt"])
     assert [r["problem"] for r in selftrain.load_train_rows(cfg)] == [r["problem"] for r in evaluation.tiny_heldout()]
+
+
+# ------------------------------------------------------------------- issue 7: the ablation knobs, one flag each
+
+import math
+from collections import Counter
+
+from selftrain import aggregate, kl_estimate, reward_minus_kl, train_subset
+
+KNOBS = ["advantage", "reward_shape", "min_majority_share", "samples_per_prompt", "votes_per_prompt",
+         "temperature", "top_p", "clip_eps_low", "clip_eps_high", "ppo_epochs", "minibatches", "kl_coef",
+         "kl_in", "kl_estimator", "entropy_coef", "loss_agg"]
+
+
+def test_every_knob_is_documented_in_help_and_readme():
+    docs = selftrain.field_docs(Config)
+    assert set(docs) == {f.name for f in selftrain.fields(Config)}  # every flag has its --help line
+    readme = open(os.path.join(HERE, "README.md")).read()
+    table = readme[readme.index("## Ablation knobs"):]
+    table = table[:table.index("\n## ", 3)]
+    for k in KNOBS:
+        assert f"`--{k}" in table, k
+    with pytest.raises(SystemExit, match="--loss_agg mean: expected one of token-mean"):
+        selftrain.check_config(Config(loss_agg="mean"))
+
+
+def test_soft_reward_and_min_majority_share():
+    answers = ["5", "5", "\\frac{10}{2}", "7", None, "7"]          # vote shares: 5 -> 3/6, 7 -> 2/6
+    assert label_and_reward(answers, None, "majority")[1] == [1, 1, 1, 0, 0, 0]
+    label, r, _, count = label_and_reward(answers, None, "majority", shape="soft")
+    assert label == "5" and count == 3 and r == pytest.approx([1 / 2, 1 / 2, 1 / 2, 1 / 3, 0, 1 / 3])
+    # below the minimum share: no label and every reward 0 (main then drops the prompt: no KL, no gradient)
+    assert label_and_reward(answers, None, "majority", min_share=0.5)[0] == "5"
+    label, r, _, count = label_and_reward(answers, None, "majority", shape="soft", min_share=0.6)
+    assert label is None and r == [0.0] * 6 and count == 3
+    # a minimum share of 1.0 labels only unanimous groups; equivalent answers agree, a non-answer does not
+    assert label_and_reward(["4", "4.0", "\\frac{8}{2}"], None, "majority", min_share=1.0)[0] == "4"
+    assert label_and_reward(["4", "4", "5"], None, "majority", min_share=1.0)[0] is None
+    assert label_and_reward(["4", "4", None], None, "majority", min_share=1.0)[0] is None
+    with pytest.raises(SystemExit, match="need --label majority"):
+        selftrain.check_config(Config(label="gold", reward_shape="soft"))
+
+
+def test_std_scaling_on_and_off():
+    R = torch.tensor([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    dr = advantages(R, "drgrpo")
+    torch.testing.assert_close(dr, R - R.mean(1, keepdim=True))
+    torch.testing.assert_close(advantages(R, "rloo"), dr * 4 / 3)   # rloo = drgrpo x n/(n-1)
+    g = advantages(R, "grpo")
+    torch.testing.assert_close(g, dr / (R.std(1, keepdim=True) + 1e-6))
+    # std scaling up-weights the near-unanimous group relative to the split one
+    assert (g[0, 3] / g[1, 3]).abs() > (dr[0, 3] / dr[1, 3]).abs() * 1.1
+
+
+def test_kl_estimators_are_unbiased_and_k1_has_no_expected_gradient_in_the_loss():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, generator=gen)
+    ref = torch.log_softmax(logits + 0.5 * torch.randn(6, generator=gen), 0)
+    logits.requires_grad_()
+    logpi = torch.log_softmax(logits, 0)
+    true_kl = (logpi.exp() * (logpi - ref)).sum().item()
+    y = torch.multinomial(logpi.exp().detach(), 100_000, replacement=True, generator=gen)  # tokens from pi
+    k1, k3 = kl_estimate(logpi[y], ref[y], "k1"), kl_estimate(logpi[y], ref[y], "k3")
+    assert k1.mean().item() == pytest.approx(true_kl, rel=0.05) and k3.mean().item() == pytest.approx(true_kl, rel=0.05)
+    assert (k3 >= 0).all() and (k1 < 0).any() and k3.var() < k1.var()
+    (g1,) = torch.autograd.grad(k1.mean(), logits, retain_graph=True)
+    (g3,) = torch.autograd.grad(k3.mean(), logits)
+    assert g1.abs().max() < 0.02 < g3.abs().max()   # E_pi[grad log pi] = 0: k1 in the loss does ~nothing
+
+
+def test_kl_in_the_reward_is_a_per_response_sum():
+    R = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    trained = torch.tensor([True, True, True, False, False, False])  # prompt 2 unlabelled: no KL
+    old = [torch.tensor([-1.0, -1.0]), torch.tensor([-1.0] * 4), torch.tensor([-2.0])]
+    ref = [torch.tensor([-1.0, -1.5]), torch.tensor([-1.5] * 4), torch.tensor([-2.0])]
+    R2, kl = reward_minus_kl(R, trained, old, ref, Config(kl_coef=0.1, kl_estimator="k1"))
+    # k1 = logp - ref per token, summed per response: 0.5 for the short one, 4 x 0.5 for the long one
+    torch.testing.assert_close(R2, torch.tensor([[0.95, 0.8, 0.0], [1.0, 1.0, 1.0]]))
+    assert kl == pytest.approx(2.5 / 7) and R[0, 1] == 1                # raw rewards untouched
+    adv = advantages(R2, "rloo")
+    assert adv[0, 0] > adv[0, 1] > 0 and (adv[1] == 0).all()            # equal reward: less KL wins
+    k3, _ = reward_minus_kl(R, trained, old, ref, Config(kl_coef=0.1))
+    assert (k3[0, :2] < 1).all() and k3[0, 2] == 0                      # k3 >= 0; identical -> no penalty
+    # the trap check_config warns of: with std scaling, a unanimous group's tiny KL spread becomes unit-size
+    unanimous = 1 - 0.001 * torch.tensor([[1.0, 2.0, 1.5]])          # beta x KL sums of ~1e-3
+    assert advantages(unanimous, "grpo").abs().max() > 0.5 > 100 * advantages(unanimous, "rloo").abs().max()
+
+
+def test_clip_low_and_high_and_approx_kl():
+    old, mask, ent = torch.zeros(1, 2), torch.ones(1, 2), torch.zeros(1, 2)
+
+    def grads(adv, **kw):  # ratios 1.25 and 0.75
+        lp = torch.log(torch.tensor([[1.25, 0.75]])).requires_grad_()
+        loss, st = policy_loss(lp, old, None, ent, torch.tensor([adv]), mask, Config(**kw))
+        loss.sum().backward()
+        return lp.grad[0].tolist(), st
+
+    g, st = grads(1.0)                                  # A > 0: the ratio 1.25 > 1 + 0.2 is clipped
+    assert g[0] == 0 and g[1] != 0 and st["clip_sum"] == 1
+    g, st = grads(1.0, clip_eps_high=0.28)              # DAPO clip-higher: it may grow up to 1.28
+    assert g[0] != 0 and g[1] != 0 and st["clip_sum"] == 0
+    g, st = grads(-1.0)                                 # A < 0: the ratio 0.75 < 1 - 0.2 is clipped
+    assert g[0] != 0 and g[1] == 0 and st["clip_sum"] == 1
+    g, st = grads(-1.0, clip_eps_low=0.3)
+    assert g[1] != 0 and st["clip_sum"] == 0
+    assert st["approx_kl_sum"] == pytest.approx(sum(r - 1 - math.log(r) for r in (1.25, 0.75)), rel=1e-4)
+
+
+def test_loss_aggregation_weights_and_micro_batch_invariance():
+    mask = torch.tensor([[1.0, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]])  # response lengths 1, 4, 2
+    expect = {"token-mean": mask / 7, "seq-mean": mask / mask.sum(1, keepdim=True) / 3,
+              "constant": mask / (3 * 8)}                             # max_new_tokens 8
+    for kind, w in expect.items():
+        for micro_batches in ([[0, 1, 2]], [[0], [1, 2]]):             # the weights must not depend on them
+            loss = torch.zeros(3, 4, requires_grad=True)
+            sum(aggregate(loss[mb], mask[mb], kind, 7, 3, 8) for mb in micro_batches).backward()
+            torch.testing.assert_close(loss.grad, w)
+    with pytest.raises(ValueError):
+        aggregate(loss, mask, "mean", 7, 3, 8)
+
+
+def test_entropy_bonus_raises_entropy():
+    model, tok = load_model(WARM)
+    rows = tiny_task(4, seed=5)
+    outs = make_rollouts(tok, [r["problem"] for r in rows], [r["solution"] for r in rows])
+    ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
+
+    def entropy():
+        with torch.no_grad():
+            return ((completion_logprobs(model, ids, attn, comp, mask)[1] * mask).sum() / mask.sum()).item()
+
+    before, adv, cpu = entropy(), torch.zeros(4), torch.device("cpu")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0), cpu, False, tok.pad_token_id)
+    assert st["trained_seqs"] == 0 and entropy() == before   # A = 0 and no bonus: nothing to learn
+    st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0, entropy_coef=1.0), cpu, False,
+                          tok.pad_token_id)
+    assert st["trained_seqs"] == 4 and st["entropy"] == pytest.approx(before, rel=1e-5)
+    assert entropy() > before * 1.05
+
+
+def test_several_updates_per_batch_make_the_ratio_and_clip_work():
+    model, tok = load_model(WARM)
+    rows = tiny_task(4, seed=6)
+    outs = make_rollouts(tok, [r["problem"] for r in rows], [r["solution"] for r in rows])
+    adv, cpu = torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.device("cpu")
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    one = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0), cpu, False, tok.pad_token_id)
+    assert one["approx_kl"] == 0 and one["clip_frac"] == 0            # one on-policy update: ratio == 1
+    cfg = Config(kl_coef=0.0, ppo_epochs=2, minibatches=2)
+    with pytest.raises(AssertionError, match="sampling policy's log-probs"):
+        selftrain.update(model, None, opt, outs, adv, cfg, cpu, False, tok.pad_token_id)
+    old = selftrain.sequence_logprobs(model, outs, cfg, cpu, False, tok.pad_token_id)
+    assert [len(o) for o in old] == [len(r.completion_ids) for r in outs]
+    st = selftrain.update(model, None, opt, outs, adv, cfg, cpu, False, tok.pad_token_id, old)
+    assert st["approx_kl"] > 1e-4 and st["clip_frac"] > 0 and st["trained_seqs"] == 4
+
+
+def test_votes_per_prompt_train_an_unbiased_subset():
+    picks = train_subset(3, 5, 8, 4, seed=0)
+    assert len(picks) == 5 and all(p == sorted(set(p)) and len(p) == 4 and set(p) <= set(range(8)) for p in picks)
+    assert picks == train_subset(3, 5, 8, 4, seed=0) != train_subset(4, 5, 8, 4, seed=0)  # resumable, fresh
+    assert train_subset(3, 2, 4, 4, seed=0) == [[0, 1, 2, 3]] * 2     # votes == samples: all, in order
+    counts = Counter(j for s in range(500) for p in train_subset(s, 4, 8, 4, 0) for j in p)
+    assert sorted(counts) == list(range(8)) and all(abs(c / 2000 - 0.5) < 0.05 for c in counts.values())
+    with pytest.raises(SystemExit, match="--votes_per_prompt 4 < --samples_per_prompt 8"):
+        selftrain.check_config(Config(votes_per_prompt=4, samples_per_prompt=8))
+
+
+def test_tiny_run_with_votes_kl_in_reward_and_several_updates(tmp_path, monkeypatch):
+    """The knobs that live in main(): 6 voters of which 3 train, the KL in the reward, 2 x 2 updates."""
+    monkeypatch.setattr(evaluation, "evaluate_sets", lambda *a, **k: {})
+    sampled = []
+    real_rollout = selftrain.rollout
+    monkeypatch.setattr(selftrain, "rollout", lambda *a, **k: sampled.append(a[3]) or real_rollout(*a, **k))
+    cfg = run(tmp_path, "knobs", prompts_per_step=2, votes_per_prompt=6, samples_per_prompt=3, steps=2,
+              kl_in="reward", ppo_epochs=2, minibatches=2, lr=1e-3)
+    selftrain.main(cfg)
+    m = metrics(cfg)
+    assert sampled == [6, 6] and all(x["trained_seqs"] <= 2 * 3 for x in m)
+    assert all(round(x["maj_share"] * 2 * 6, 6) % 1 == 0 for x in m)   # shares of 6 voters, not 3
+    assert m[0]["kl"] == 0 and m[1]["kl"] > 0           # KL to the start model, measured before the update
+    assert m[0]["approx_kl"] > 0                        # the later updates saw a ratio != 1
+
+
+def test_online_filter_drops_disputed_prompts_and_refills_the_batch():
+    from model import Rollout
+    cfg = parse_config(["--tiny", "--prompts_per_step", "3", "--filter_share", "0.6"])
+    text = lambda a: f"\\boxed{{{a}}}"
+    # candidate prompt i answers with majority share 1.0 if i is even, else 1/3 (three different answers)
+    group = lambda i: [Rollout([], [], text(i if i % 2 == 0 else f"{i}{j}"), False) for j in range(3)]
+    roll = lambda idx: [o for i in idx for o in group(i)]
+    first = [0, 1, 3]
+    batch, outs = selftrain.online_filter(first, roll(first), roll, step=5, n_rows=40, cfg=cfg)
+    assert len(batch) == 3 and len(outs) == 9 and batch[0] == 0 and all(i % 2 == 0 for i in batch)
+    assert [o.text for o in outs] == [o.text for o in roll(batch)]          # each prompt keeps its own group
+    assert selftrain.online_filter(first, roll(first), roll, 5, 40, cfg) == (batch, outs)  # seeded: resumable
+    odd = lambda idx: [o for i in idx for o in group(2 * i + 1)]            # nothing ever passes
+    batch, outs = selftrain.online_filter([0, 1, 2], odd([0, 1, 2]), odd, 5, 40, cfg)
+    assert len(batch) == 1 and len(outs) == 3                               # never an empty batch
