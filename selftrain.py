@@ -18,8 +18,12 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -90,10 +94,16 @@ class Config:
     """evaluate at most this many problems per held-out set (0: all)"""
     save_every: int = 50
     """write a checkpoint every this many steps (and at the end)"""
+    keep_ckpts: int = 2
+    """checkpoints kept: out_dir/ckpt is the newest, older ones are renamed out_dir/ckpt-<step> (0: keep all)"""
     out_dir: str = "out"
     """checkpoint, metrics.jsonl and eval results go here"""
     resume: bool = False
-    """continue from out_dir/ckpt: model, optimizer, step, RNG states and data order"""
+    """continue from the newest checkpoint in out_dir: model, optimizer, step, RNG states and data order"""
+    max_nonfinite: int = 3
+    """stop the run, with a checkpoint, after this many consecutive steps skipped for a NaN/inf"""
+    wandb: bool = False
+    """also log metrics and eval results to Weights & Biases (pip install wandb; project $WANDB_PROJECT)"""
     seed: int = 0
     """seeds data order, sampling and the tiny testbed"""
     # --- engineering (memory and speed; see the README's memory budget)
@@ -238,7 +248,8 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id):
     idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
     sums = {"pg_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "entropy_sum": 0.0, "trained_tokens": 0}
     opt.zero_grad(set_to_none=True)
-    for s in range(0, len(idx), cfg.micro_batch):
+    skipped = None
+    for s in tqdm(range(0, len(idx), cfg.micro_batch), desc="update", leave=False, disable=None):
         mb = idx[s:s + cfg.micro_batch]
         ids, attn, comp, mask = pack([rollouts[i] for i in mb], pad_id, device)
         mb_adv = adv[mb].to(device)                                          # [b]
@@ -252,25 +263,140 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id):
                                                       cfg.logprob_chunk)
         # One update per rollout batch: pi_old is the current policy, so no extra forward is needed.
         loss_sum, st = policy_loss(logp, logp.detach(), ref_logp, mb_adv, mask, cfg.clip_eps, cfg.kl_coef)
+        if not math.isfinite(loss_sum.item()):
+            skipped = "non-finite loss"
         (loss_sum / n_tokens).backward()
         for k, v in st.items():
             sums[k] += v
         sums["entropy_sum"] += (entropy * mask).sum().item()
         sums["trained_tokens"] += int(mask.sum())
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-    if not math.isfinite(grad_norm):  # never let one bad batch poison the weights
-        tqdm.write(f"warning: non-finite grad norm ({grad_norm}); update skipped")
+    if skipped is None and not math.isfinite(grad_norm):
+        skipped = "non-finite grad norm"
+    if skipped:  # never let one bad batch poison the weights (or AdamW's moments): no opt.step
+        tqdm.write(f"warning: {skipped} (grad norm {grad_norm}); update skipped")
     elif sums["trained_tokens"] > 0:
         opt.step()
     t = max(sums["trained_tokens"], 1)
     return {"grad_norm": grad_norm, "pg_term": sums["pg_sum"] / max(n_tokens, 1),
             "kl": sums["kl_sum"] / t if ref_model is not None else None,
             "entropy": sums["entropy_sum"] / t, "clip_frac": sums["clip_sum"] / t,
-            "trained_seqs": len(idx)}
+            "trained_seqs": len(idx), "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Faults: steps that must not update, out-of-memory hints, stop signals (README: "Faults and resume").
+
+
+def skip_reason(R, labelled):
+    """Why this step should take no update, or None. R: rewards [B, n]; labelled: [B] bools.
+    Non-finite rewards would poison the weights. A batch where every group's rewards are equal (all agree
+    with the majority: unanimous) or that has no label (no sample answered) has zero advantage everywhere:
+    an update would only apply the KL pull and weight decay, so it is skipped."""
+    if not torch.isfinite(R).all():
+        return "non-finite rewards"
+    flat = (R == R[:, :1]).all(dim=1)                                      # [B]
+    if flat.all():
+        return f"no learning signal: every group's rewards are equal ({sum(not x for x in labelled)} with no answer)"
+    return None
+
+
+def no_update(reason):
+    tqdm.write(f"no update: {reason}")
+    return {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None, "clip_frac": 0.0, "trained_seqs": 0,
+            "skipped": reason}
+
+
+# What to lower when a phase runs out of GPU memory, first knob first (README: memory budget).
+OOM_KNOBS = {"generation": ("gen_chunk", "max_new_tokens"), "update": ("micro_batch", "logprob_chunk", "max_new_tokens")}
+
+
+@contextmanager
+def oom_hint(phase, cfg):
+    """Turn a CUDA out-of-memory error into the flag to lower, instead of a raw trace."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        knobs = ", then ".join(f"--{k} (now {getattr(cfg, k)})" for k in OOM_KNOBS[phase])
+        raise SystemExit(f"out of GPU memory in {phase}: lower {knobs}. "
+                         f"--resume continues from the last checkpoint in {cfg.out_dir}") from None
+
+
+def progress(total, desc):
+    """A transient bar for one phase: cleared when done, off when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, leave=False, disable=None)
+
+
+def catch_stop_signals():
+    """Ctrl-C or SIGTERM (a preempted cloud machine) asks the loop to stop at the end of the current step,
+    save a checkpoint and exit, so --resume continues exactly. A second signal quits at once (the last
+    checkpoint stands). Returns the list of signals received and a function restoring the old handlers."""
+    got, sigs = [], (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        return got, lambda: None
+
+    def handler(signum, frame):
+        if got:
+            raise KeyboardInterrupt
+        got.append(signal.Signals(signum).name)
+        tqdm.write(f"{got[0]}: stopping after this step with a checkpoint (send it again to quit now)")
+
+    old = [signal.signal(s, handler) for s in sigs]
+    return got, lambda: [signal.signal(s, h) for s, h in zip(sigs, old)]
+
+
+def halt_reason(stop, nonfinite_streak, cfg):
+    if stop:
+        return f"stopped by {stop[0]}"
+    if nonfinite_streak >= cfg.max_nonfinite > 0:
+        return (f"{nonfinite_streak} consecutive steps had a NaN/inf (loss, rewards or grad norm; the weights "
+                f"were never updated with it): try a lower --lr, or --amp false to rule out bf16")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Logging: metrics.jsonl always, Weights & Biases when asked for.
+
+
+def open_wandb(cfg):
+    """--wandb: a W&B run, imported only when asked for (wandb is optional)."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "selftrain"),
+                      name=os.path.basename(os.path.abspath(cfg.out_dir)), config=asdict(cfg))
+
+
+def log_row(cfg, file, row, wb, prefix=""):
+    """Append row to out_dir/<file>; with --wandb log the same numbers (a nested dict {set: {avg}} as set/avg)."""
+    with open(os.path.join(cfg.out_dir, file), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if wb is not None:
+        flat = {}
+        for k, v in row.items():
+            flat.update({f"{prefix}{k}/{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {prefix + k: v})
+        wb.log({k: v for k, v in flat.items() if v is not None and k != prefix + "step"}, step=row["step"])
 
 
 # ------------------------------------------------------------------------------------------------------
 # Checkpoints: save_pretrained folders plus optimizer, step and RNG state, written atomically.
+# out_dir/ckpt is always the newest; the ones before it are renamed out_dir/ckpt-<step>. The lr is constant
+# (paper), so there is no scheduler state, and numpy draws no random numbers here, so none is stored.
+
+
+def checkpoints(out_dir):
+    """Complete checkpoints in out_dir as (step, path), oldest first. trainer_state.json is written last
+    and a folder is only renamed into place once complete, so ckpt.tmp (a crashed save) never counts."""
+    found = []
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
+        state = os.path.join(out_dir, name, "trainer_state.json")
+        if re.fullmatch(r"ckpt(-\d+)?", name) and os.path.exists(state):
+            with open(state) as f:
+                found.append((json.load(f)["step"], os.path.join(out_dir, name)))
+    return sorted(found)
 
 
 def save_checkpoint(model, tokenizer, opt, step, cfg):
@@ -282,17 +408,34 @@ def save_checkpoint(model, tokenizer, opt, step, cfg):
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)},
                os.path.join(tmp, "trainer_state.pt"))
-    # Swap in the new one only when it is complete, so a crash mid-write never loses the last checkpoint.
-    old = final + ".old"
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:  # last: marks the folder complete
+        json.dump({"step": step}, f)
+    # Swap in the new one only when it is complete, so a crash mid-write never loses the last checkpoint;
+    # the previous newest becomes ckpt-<its step>, and the oldest beyond keep_ckpts are deleted.
     if os.path.exists(final):
-        os.replace(final, old)
+        with open(os.path.join(final, "trainer_state.json")) as f:
+            os.replace(final, f"{final}-{json.load(f)['step']}")
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    older = [path for _, path in checkpoints(cfg.out_dir) if path != final]
+    for path in older[:max(len(older) - cfg.keep_ckpts + 1, 0)] if cfg.keep_ckpts else []:
+        shutil.rmtree(path)
 
 
-def load_checkpoint(opt, cfg):
+def checkpoint_to_resume(cfg):
+    """With --resume, the newest complete checkpoint in out_dir; without, None. A fresh run refuses an
+    out_dir holding an earlier run's checkpoints: its own saves would rotate them away."""
+    found = checkpoints(cfg.out_dir)
+    if cfg.resume and not found:
+        raise SystemExit(f"--resume: no checkpoint in {cfg.out_dir}")
+    if found and not cfg.resume:
+        raise SystemExit(f"{cfg.out_dir} holds checkpoints of an earlier run (newest: step {found[-1][0]}): "
+                         f"add --resume to continue it, or choose another --out_dir")
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(opt, path):
     """Restore the optimizer, RNG states and step; the weights were loaded from the same folder."""
-    state = torch.load(os.path.join(cfg.out_dir, "ckpt", "trainer_state.pt"), map_location="cpu", weights_only=False)
+    state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
     opt.load_state_dict(state["optimizer"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -310,6 +453,7 @@ def main(cfg):
     amp = cfg.amp  # bf16 autocast with fp32 master weights (also runs on the CPU, slowly)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    ckpt = checkpoint_to_resume(cfg)  # None for a fresh run
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
@@ -319,10 +463,7 @@ def main(cfg):
     if cfg.model == "tiny":
         from model import tiny_warmup
         cfg.model = tiny_warmup(seed=cfg.seed)
-    ckpt = os.path.join(cfg.out_dir, "ckpt")
-    if cfg.resume and not os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
-        raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-    model, tokenizer = load_model(ckpt if cfg.resume else cfg.model, device,
+    model, tokenizer = load_model(ckpt or cfg.model, device,
                                   cfg.grad_checkpointing and device.type == "cuda")
     stop_ids = stop_token_ids(model, tokenizer)
     ref_model = None
@@ -343,17 +484,20 @@ def main(cfg):
         raise SystemExit(f"no training prompts left from '{cfg.train_data}'")
     eval_sets = evaluation.load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
 
-    start = load_checkpoint(opt, cfg) if cfg.resume else 0
+    start = load_checkpoint(opt, ckpt) if ckpt else 0
+    wb = open_wandb(cfg)
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, exit
+    nonfinite_streak = 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.1f}M parameters on {device} | {len(rows)} training prompts | label={cfg.label} "
           f"| {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples per step | steps {start}->{cfg.steps}")
 
     def run_eval(step):
-        results = evaluation.evaluate_sets(model, tokenizer, eval_sets, k=cfg.eval_samples,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)
-        with open(os.path.join(cfg.out_dir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **results}) + "\n")
+        with oom_hint("generation", cfg):
+            results = evaluation.evaluate_sets(model, tokenizer, eval_sets, k=cfg.eval_samples,
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)
+        log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
         tqdm.write(f"eval step {step}: " + " | ".join(
             f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
             for name, r in results.items()))
@@ -366,8 +510,9 @@ def main(cfg):
         # 1. sample B prompts
         batch = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
         # 2. roll out n responses per prompt from the current policy
-        outs = rollout(model, tokenizer, [prompt_ids[i] for i in batch], cfg.samples_per_prompt,
-                       cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp)
+        with oom_hint("generation", cfg), progress(len(batch) * cfg.samples_per_prompt, "rollout") as gen_bar:
+            outs = rollout(model, tokenizer, [prompt_ids[i] for i in batch], cfg.samples_per_prompt,
+                           cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp, gen_bar)
         t1 = time.time()
         # 3-4. label each prompt and reward each response
         n = cfg.samples_per_prompt
@@ -391,11 +536,12 @@ def main(cfg):
         keep_groups = torch.tensor(labelled).repeat_interleave(n)           # [B*n]
         train_outs = [o for o, k in zip(outs, keep_groups) if k]
         t2 = time.time()
-        # 6. one on-policy update
-        stats = update(model, ref_model, opt, train_outs, adv.flatten()[keep_groups], cfg, device, amp,
-                       tokenizer.pad_token_id) \
-            if train_outs else {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None,
-                                "clip_frac": 0.0, "trained_seqs": 0}
+        # 6. one on-policy update, unless the batch has no signal or a NaN/inf (never poison the weights)
+        skip = skip_reason(R, labelled)
+        with oom_hint("update", cfg):
+            stats = no_update(skip) if skip else update(model, ref_model, opt, train_outs, adv.flatten()[keep_groups],
+                                                        cfg, device, amp, tokenizer.pad_token_id)
+        nonfinite_streak = nonfinite_streak + 1 if (stats["skipped"] or "").startswith("non-finite") else 0
         t3 = time.time()
 
         # metrics
@@ -415,17 +561,23 @@ def main(cfg):
             "tok_per_s": gen_tokens / (t1 - t0),
             "mfu": flops / (t3 - t0) / cfg.peak_flops if device.type == "cuda" else None,
         }
-        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        log_row(cfg, "metrics.jsonl", metrics, wb)
         bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("pseudo_reward", "reward", "maj_share", "label_acc",
                                                           "entropy", "kl", "grad_norm") if metrics.get(k) is not None})
 
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             run_eval(step + 1)
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+        halt = halt_reason(stop, nonfinite_streak, cfg)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or halt:
             save_checkpoint(model, tokenizer, opt, step + 1, cfg)
+        if halt:
+            restore_signals()
+            raise SystemExit(f"{halt}. Checkpoint of step {step + 1} saved in {cfg.out_dir}/ckpt; --resume continues.")
 
+    restore_signals()
     last_eval = run_eval(cfg.steps) if start < cfg.steps else None
+    if wb is not None:
+        wb.finish()
     if first_eval and last_eval:
         for name in last_eval:
             a, b = first_eval[name], last_eval[name]
