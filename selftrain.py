@@ -95,7 +95,7 @@ class Config:
     save_every: int = 50
     """write a checkpoint every this many steps (and at the end)"""
     keep_ckpts: int = 2
-    """checkpoints kept: out_dir/ckpt is the newest, older ones are renamed out_dir/ckpt-<step> (0: keep all)"""
+    """checkpoints kept: out_dir/ckpt is the newest, older ones are out_dir/ckpt-<step> (0: keep all)"""
     out_dir: str = "out"
     """checkpoint, metrics.jsonl and eval results go here"""
     resume: bool = False
@@ -308,7 +308,8 @@ def no_update(reason):
 
 
 # What to lower when a phase runs out of GPU memory, first knob first (README: memory budget).
-OOM_KNOBS = {"generation": ("gen_chunk", "max_new_tokens"), "update": ("micro_batch", "logprob_chunk", "max_new_tokens")}
+OOM_KNOBS = {"generation": ("gen_chunk", "max_new_tokens"),
+             "update": ("micro_batch", "logprob_chunk", "max_new_tokens")}
 
 
 @contextmanager
