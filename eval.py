@@ -13,6 +13,7 @@ import json
 import os
 
 import torch
+from tqdm import tqdm
 
 from model import TINY_EVAL_SEED, TINY_VALID_SEED, encode_prompts, load_model, rollout, tiny_task
 from rewards import extract_answer, is_equiv, majority_vote
@@ -40,6 +41,8 @@ def tiny_heldout(n=200):
 
 def read_records(source, config=None, split="train"):
     """Raw records (dicts) of a local .jsonl/.json/.parquet file or a hub dataset."""
+    if source.endswith((".jsonl", ".json", ".parquet")) and not os.path.exists(source):
+        raise SystemExit(f"{source}: no such file")
     if os.path.exists(source):
         if source.endswith(".jsonl"):
             records = []
@@ -98,6 +101,9 @@ def load_rows(source, config=None, split="train", problem_field="", answer_field
     records = read_records(source, config, split)
     if not records:
         raise SystemExit(f"{source}: no rows (split '{split}')")
+    bad = next((n for n, rec in enumerate(records) if not isinstance(rec, dict)), None)
+    if bad is not None:
+        raise SystemExit(f"{source}: row {bad}: expected a record with fields, got {records[bad]!r:.80}")
     columns = list(records[0].keys())
     pf = problem_field or next((c for c in PROBLEM_FIELDS if c in columns), None)
     af = answer_field or next((c for c in ANSWER_FIELDS if c in columns), None)
@@ -142,8 +148,12 @@ def load_eval_sets(spec, data_dir="", limit=0):
         elif name in BENCHMARKS:
             hub_id, config, split = BENCHMARKS[name]
             rows = load_rows(hub_id, config, split)
+        elif "/" in name or name.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(name):
+            rows = load_rows(name)  # a file or a hub id (owner/name)
         else:
-            rows = load_rows(name)
+            raise SystemExit(f"unknown eval set '{name}': use a benchmark name ({', '.join(BENCHMARKS)}), 'tiny', "
+                             f"a .jsonl/.json/.parquet file or a hub id (owner/name)"
+                             + (f"; {data_dir}/{name}.jsonl does not exist" if data_dir else ""))
         sets[os.path.basename(name).split(".")[0]] = rows[:limit] if limit else rows
     return sets
 
@@ -160,7 +170,9 @@ def evaluate(model, tokenizer, rows, k=4, max_new_tokens=3072, temperature=1.0, 
     skipped = sum(p is None for p in prompt_ids)
     rows = [r for r, p in zip(rows, prompt_ids) if p is not None]
     prompt_ids = [p for p in prompt_ids if p is not None]
-    outs = rollout(model, tokenizer, prompt_ids, k, max_new_tokens, temperature, top_p, chunk, amp=amp)
+    with tqdm(total=len(prompt_ids) * k, desc="eval", leave=False, disable=None) as bar:
+        outs = rollout(model, tokenizer, prompt_ids, k, max_new_tokens, temperature, top_p, chunk, amp=amp,
+                       progress=bar)
     avg = maj = pas = parsed = length = 0.0
     for i, row in enumerate(rows):
         group = outs[i * k:(i + 1) * k]

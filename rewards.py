@@ -721,3 +721,47 @@ def self_rewards(responses: list[str]) -> list[float]:
     ids = vote_classes([extract_answer(r) for r in responses])
     best, _ = _winner(ids)
     return [1.0 if best is not None and cid == best else 0.0 for cid in ids]
+
+
+# ----------------------------------------------------------------------------
+# The SRT reward for TRL's GRPOTrainer (README: "Scaling out")
+
+
+def _completion_text(completion) -> str:
+    """A TRL completion as text: a string, or (conversational datasets) a list
+    of message dicts whose last content is a string or a list of text parts."""
+    if isinstance(completion, str):
+        return completion
+    content = completion[-1]["content"] if completion else ""
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+def srt_reward(prompts, completions, **kwargs) -> list[float]:
+    """SRT in TRL's reward-function signature: GRPOTrainer(reward_funcs=srt_reward).
+
+    TRL passes one row per completion; rows with the same prompt form a group,
+    and a completion gets 1.0 when its answer is in its group's majority
+    class (self_rewards), else 0.0. No labels are read. With several
+    processes TRL may split a group across them, so every rank's rows are
+    gathered and each rank scores its own rows against the whole groups.
+    Identical prompts in one batch would merge their groups: deduplicate the
+    dataset, as the paper did for DAPO.
+    """
+    mine = [(p if isinstance(p, str) else repr(p), _completion_text(c)) for p, c in zip(prompts, completions)]
+    everyone, offset = [mine], 0
+    import torch.distributed as dist   # lazy: only the TRL path needs torch
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        everyone = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        offset = sum(len(rows) for rows in everyone[:dist.get_rank()])
+    rows = [row for rank_rows in everyone for row in rank_rows]
+    groups: dict[str, list[int]] = {}
+    for i, (key, _) in enumerate(rows):
+        groups.setdefault(key, []).append(i)
+    rewards = [0.0] * len(rows)
+    for idx in groups.values():
+        for i, r in zip(idx, self_rewards([rows[i][1] for i in idx])):
+            rewards[i] = r
+    return rewards[offset:offset + len(mine)]

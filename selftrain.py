@@ -19,8 +19,12 @@ import json
 import math
 import os
 import random
+import re
 import shutil
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -137,10 +141,16 @@ class Config:
     """evaluate at most this many problems per held-out set (0: all)"""
     save_every: int = 50
     """write a checkpoint every this many steps (and at the end)"""
+    keep_ckpts: int = 2
+    """checkpoints kept: out_dir/ckpt is the newest, older ones are out_dir/ckpt-<step> (0: keep all)"""
     out_dir: str = "out"
     """checkpoint, metrics.jsonl and eval results go here"""
     resume: bool = False
-    """continue from out_dir/ckpt: model, optimizer, step, RNG states and data order"""
+    """continue from the newest checkpoint in out_dir: model, optimizer, step, RNG states and data order"""
+    max_nonfinite: int = 3
+    """stop the run, with a checkpoint, after this many consecutive steps skipped for a NaN/inf"""
+    wandb: bool = False
+    """also log metrics and eval results to Weights & Biases (pip install wandb; project $WANDB_PROJECT)"""
     seed: int = 0
     """seeds data order, sampling and the tiny testbed"""
     # --- engineering (memory and speed; see the README's memory budget)
@@ -452,7 +462,7 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
     N = len(rollouts)
     sums = {"pg_sum": 0.0, "kl_sum": 0.0, "clip_sum": 0.0, "approx_kl_sum": 0.0, "entropy_sum": 0.0,
             "trained_tokens": 0, "norm_tokens": 0}
-    grad_norms, trained = [], set()
+    grad_norms, trained, skipped = [], set(), None
     for _ in range(cfg.ppo_epochs):
         for k in range(cfg.minibatches):
             part = range(k * N // cfg.minibatches, (k + 1) * N // cfg.minibatches)  # prompt-major slice
@@ -461,8 +471,8 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             idx = [i for i in part if adv[i] != 0 or ref_model is not None or cfg.entropy_coef]
             idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
             opt.zero_grad(set_to_none=True)
-            mb_tokens = 0
-            for s in range(0, len(idx), cfg.micro_batch):
+            mb_tokens, bad = 0, None
+            for s in tqdm(range(0, len(idx), cfg.micro_batch), desc="update", leave=False, disable=None):
                 mb = idx[s:s + cfg.micro_batch]
                 ids, attn, comp, mask = pack([rollouts[i] for i in mb], pad_id, device)
                 mb_adv = adv[mb].to(device)                                          # [b]
@@ -478,14 +488,20 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
                 old_logp = logp.detach() if old_logps is None else torch.nn.utils.rnn.pad_sequence(
                     [old_logps[i] for i in mb], batch_first=True).to(device)        # [b, C]
                 loss, st = policy_loss(logp, old_logp, ref_logp, entropy, mb_adv, mask, cfg)
-                aggregate(loss, mask, cfg.loss_agg, n_tokens, len(part), cfg.max_new_tokens).backward()
+                loss = aggregate(loss, mask, cfg.loss_agg, n_tokens, len(part), cfg.max_new_tokens)
+                if not math.isfinite(loss.item()):
+                    bad = "non-finite loss"
+                loss.backward()
                 for key, v in st.items():
                     sums[key] += v
                 sums["entropy_sum"] += (entropy.detach() * mask).sum().item()
                 mb_tokens += int(mask.sum())
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-            if not math.isfinite(grad_norm):  # never let one bad batch poison the weights
-                tqdm.write(f"warning: non-finite grad norm ({grad_norm}); update skipped")
+            if bad is None and not math.isfinite(grad_norm):
+                bad = "non-finite grad norm"
+            if bad:  # never let one bad batch poison the weights (or AdamW's moments): no opt.step
+                tqdm.write(f"warning: {bad} (grad norm {grad_norm}); update skipped")
+                skipped = bad
             elif mb_tokens > 0:
                 opt.step()
             grad_norms.append(grad_norm)
@@ -497,38 +513,170 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             "pg_term": sums["pg_sum"] / max(sums["norm_tokens"], 1),
             "kl": sums["kl_sum"] / t if ref_model is not None else None,
             "entropy": sums["entropy_sum"] / t, "clip_frac": sums["clip_sum"] / t,
-            "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained)}
+            "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained), "skipped": skipped}
+
+
+# ------------------------------------------------------------------------------------------------------
+# Faults: steps that must not update, out-of-memory hints, stop signals (README: "Faults and resume").
+
+
+def skip_reason(R, labelled):
+    """Why this step should take no update, or None. R: rewards [B, n]; labelled: [B] bools.
+    Non-finite rewards would poison the weights. A batch where every group's rewards are equal (all agree
+    with the majority: unanimous) or that has no label (no sample answered) has zero advantage everywhere:
+    an update would only apply the KL pull and weight decay, so it is skipped."""
+    if not torch.isfinite(R).all():
+        return "non-finite rewards"
+    flat = (R == R[:, :1]).all(dim=1)                                      # [B]
+    if flat.all():
+        return f"no learning signal: every group's rewards are equal ({sum(not x for x in labelled)} with no answer)"
+    return None
+
+
+def no_update(reason):
+    tqdm.write(f"no update: {reason}")
+    return {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None, "clip_frac": 0.0, "approx_kl": 0.0,
+            "trained_seqs": 0, "skipped": reason}
+
+
+# What to lower when a phase runs out of GPU memory, first knob first (README: memory budget).
+OOM_KNOBS = {"generation": ("gen_chunk", "max_new_tokens"),
+             "update": ("micro_batch", "logprob_chunk", "max_new_tokens")}
+
+
+@contextmanager
+def oom_hint(phase, cfg):
+    """Turn a CUDA out-of-memory error into the flag to lower, instead of a raw trace."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        knobs = ", then ".join(f"--{k} (now {getattr(cfg, k)})" for k in OOM_KNOBS[phase])
+        raise SystemExit(f"out of GPU memory in {phase}: lower {knobs}. "
+                         f"--resume continues from the last checkpoint in {cfg.out_dir}") from None
+
+
+def progress(total, desc):
+    """A transient bar for one phase: cleared when done, off when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, leave=False, disable=None)
+
+
+def catch_stop_signals():
+    """Ctrl-C or SIGTERM (a preempted cloud machine) asks the loop to stop at the end of the current step,
+    save a checkpoint and exit, so --resume continues exactly. A second signal quits at once (the last
+    checkpoint stands). Returns the list of signals received and a function restoring the old handlers."""
+    got, sigs = [], (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        return got, lambda: None
+
+    def handler(signum, frame):
+        if got:
+            raise KeyboardInterrupt
+        got.append(signal.Signals(signum).name)
+        tqdm.write(f"{got[0]}: stopping after this step with a checkpoint (send it again to quit now)")
+
+    old = [signal.signal(s, handler) for s in sigs]
+    return got, lambda: [signal.signal(s, h) for s, h in zip(sigs, old)]
+
+
+def halt_reason(stop, nonfinite_streak, cfg):
+    if stop:
+        return f"stopped by {stop[0]}"
+    if nonfinite_streak >= cfg.max_nonfinite > 0:
+        return (f"{nonfinite_streak} consecutive steps had a NaN/inf (loss, rewards or grad norm; the weights "
+                f"were never updated with it): try a lower --lr, or --amp false to rule out bf16")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Logging: metrics.jsonl always, Weights & Biases when asked for.
+
+
+def open_wandb(cfg):
+    """--wandb: a W&B run, imported only when asked for (wandb is optional)."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "selftrain"),
+                      name=os.path.basename(os.path.abspath(cfg.out_dir)), config=asdict(cfg))
+
+
+def log_row(cfg, file, row, wb, prefix=""):
+    """Append row to out_dir/<file>; with --wandb log the same numbers (a nested dict {set: {avg}} as set/avg)."""
+    with open(os.path.join(cfg.out_dir, file), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if wb is not None:
+        flat = {}
+        for k, v in row.items():
+            flat.update({f"{prefix}{k}/{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {prefix + k: v})
+        wb.log({k: v for k, v in flat.items() if v is not None and k != prefix + "step"}, step=row["step"])
 
 
 # ------------------------------------------------------------------------------------------------------
 # Checkpoints: save_pretrained folders plus optimizer, step and RNG state, written atomically.
+# out_dir/ckpt is always the newest; the ones before it are renamed out_dir/ckpt-<step>. The lr is constant
+# (paper), so there is no scheduler state, and numpy draws no random numbers here, so none is stored.
+
+
+def checkpoints(out_dir):
+    """Complete checkpoints in out_dir as (step, path), oldest first. trainer_state.json is written last
+    and a folder is only renamed into place once complete, so ckpt.tmp (a crashed save) never counts."""
+    found = []
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
+        state = os.path.join(out_dir, name, "trainer_state.json")
+        if re.fullmatch(r"ckpt(-\d+)?", name) and os.path.exists(state):
+            with open(state) as f:
+                found.append((json.load(f)["step"], os.path.join(out_dir, name)))
+    return sorted(found)
 
 
 def save_model(model, tokenizer, path, trainer_state=None):
-    """A save_pretrained folder (plus trainer_state.pt), swapped in only when complete: a crash mid-write
-    never loses the last one."""
-    tmp, old = path + ".tmp", path + ".old"
+    """Write a save_pretrained folder (plus the trainer state, its .json last, marking it complete) to
+    path.tmp and return it; the caller renames it into place, so a crash mid-write never loses the last one."""
+    tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if trainer_state is not None:
         torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
-    if os.path.exists(path):
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump({"step": trainer_state["step"]}, f)
+    return tmp
 
 
 def save_checkpoint(model, tokenizer, opt, step, cfg):
     rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    save_model(model, tokenizer, os.path.join(cfg.out_dir, "ckpt"),
-               {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)})
+    final = os.path.join(cfg.out_dir, "ckpt")
+    tmp = save_model(model, tokenizer, final,
+                     {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)})
+    # The previous newest becomes ckpt-<its step>, and the oldest beyond keep_ckpts are deleted.
+    if os.path.exists(final):
+        with open(os.path.join(final, "trainer_state.json")) as f:
+            os.replace(final, f"{final}-{json.load(f)['step']}")
+    os.replace(tmp, final)
+    older = [path for _, path in checkpoints(cfg.out_dir) if path != final]
+    for path in older[:max(len(older) - cfg.keep_ckpts + 1, 0)] if cfg.keep_ckpts else []:
+        shutil.rmtree(path)
 
 
-def load_checkpoint(opt, cfg):
+def checkpoint_to_resume(cfg):
+    """With --resume, the newest complete checkpoint in out_dir; without, None. A fresh run refuses an
+    out_dir holding an earlier run's checkpoints: its own saves would rotate them away."""
+    found = checkpoints(cfg.out_dir)
+    if cfg.resume and not found:
+        raise SystemExit(f"--resume: no checkpoint in {cfg.out_dir}")
+    if found and not cfg.resume:
+        raise SystemExit(f"{cfg.out_dir} holds checkpoints of an earlier run (newest: step {found[-1][0]}): "
+                         f"add --resume to continue it, or choose another --out_dir")
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(opt, path):
     """Restore the optimizer, RNG states and step; the weights were loaded from the same folder."""
-    state = torch.load(os.path.join(cfg.out_dir, "ckpt", "trainer_state.pt"), map_location="cpu", weights_only=False)
+    state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
     opt.load_state_dict(state["optimizer"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -545,6 +693,7 @@ def main(cfg):
     check_config(cfg)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     amp = cfg.amp  # bf16 autocast with fp32 master weights (also runs on the CPU, slowly)
+    ckpt = checkpoint_to_resume(cfg)  # None for a fresh run
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
@@ -556,10 +705,7 @@ def main(cfg):
         cfg.model = tiny_warmup(seed=cfg.seed, target=cfg.warmup_target)
     random.seed(cfg.seed)  # seeded after the warm-up, so a run that had to build it equals one that found it cached
     torch.manual_seed(cfg.seed)
-    ckpt = os.path.join(cfg.out_dir, "ckpt")
-    if cfg.resume and not os.path.exists(os.path.join(ckpt, "trainer_state.pt")):
-        raise SystemExit(f"--resume: no checkpoint at {ckpt}")
-    model, tokenizer = load_model(ckpt if cfg.resume else cfg.model, device,
+    model, tokenizer = load_model(ckpt or cfg.model, device,
                                   cfg.grad_checkpointing and device.type == "cuda")
     stop_ids = stop_token_ids(model, tokenizer)
     ref_model = None
@@ -593,7 +739,10 @@ def main(cfg):
     if cfg.early_stop and not val_sets:
         raise SystemExit("--early_stop needs a labelled hold-out: --val_data")
 
-    start = load_checkpoint(opt, cfg) if cfg.resume else 0
+    start = load_checkpoint(opt, ckpt) if ckpt else 0
+    wb = open_wandb(cfg)
+    stop, restore_signals = catch_stop_signals()  # Ctrl-C / SIGTERM: finish the step, save, exit
+    nonfinite_streak = 0
     n_params = sum(p.numel() for p in model.parameters())
     print(f"{n_params / 1e6:.1f}M parameters on {device} | {len(rows)} training prompts | label={cfg.label} "
           f"| {cfg.prompts_per_step} prompts x {cfg.samples_per_prompt} samples per step | steps {start}->{cfg.steps}")
@@ -601,11 +750,11 @@ def main(cfg):
     evals = {}  # step -> held-out results of this process
 
     def run_eval(step):
-        results = evaluation.evaluate_sets(model, tokenizer, {**eval_sets, **val_sets}, k=cfg.eval_samples,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)
-        with open(os.path.join(cfg.out_dir, "eval.jsonl"), "a") as f:
-            f.write(json.dumps({"step": step, **results}) + "\n")
+        with oom_hint("generation", cfg):
+            results = evaluation.evaluate_sets(model, tokenizer, {**eval_sets, **val_sets}, k=cfg.eval_samples,
+                                               max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                               chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)
+        log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
         evals[step] = results
         tqdm.write(f"eval step {step}: " + " | ".join(
             f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
@@ -632,11 +781,21 @@ def main(cfg):
 
     def track_val(step, results):
         if val_sets and val_improved(step, results):
-            save_model(model, tokenizer, os.path.join(cfg.out_dir, "best"))
+            best_dir = os.path.join(cfg.out_dir, "best")
+            tmp = save_model(model, tokenizer, best_dir)
+            shutil.rmtree(best_dir, ignore_errors=True)
+            os.replace(tmp, best_dir)
 
     first_eval = run_eval(start) if start == 0 else None
     if first_eval:
         track_val(0, first_eval)
+    n, k = cfg.votes_per_prompt or cfg.samples_per_prompt, cfg.samples_per_prompt
+
+    def roll(idx):  # n responses for each prompt of idx, prompt-major
+        with oom_hint("generation", cfg), progress(len(idx) * n, "rollout") as gen_bar:
+            return rollout(model, tokenizer, [prompt_ids[i] for i in idx], n, cfg.max_new_tokens,
+                           cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp, gen_bar)
+
     step = start
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="SRT" if cfg.label == "majority" else "RL")
     for step in bar:
@@ -644,9 +803,6 @@ def main(cfg):
         # 1. sample B prompts
         batch = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
         # 2. roll out n responses per prompt from the current policy (n voters, k of them train)
-        n, k = cfg.votes_per_prompt or cfg.samples_per_prompt, cfg.samples_per_prompt
-        roll = lambda idx: rollout(model, tokenizer, [prompt_ids[i] for i in idx], n, cfg.max_new_tokens,
-                                   cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, amp)
         outs = roll(batch)
         if cfg.filter_share:
             batch, outs = online_filter(batch, outs, roll, step, len(rows), cfg)
@@ -686,14 +842,15 @@ def main(cfg):
         # 5. advantages
         adv = advantages(R_adv, cfg.advantage)                              # [B, k]
         t2 = time.time()
-        # 6. the update: one on-policy step by default
-        stats = update(model, ref_model if cfg.kl_in == "loss" else None, opt, train_outs,
-                       adv.flatten()[keep_groups], cfg, device, amp, tokenizer.pad_token_id,
-                       old_logps if n_updates > 1 else None) \
-            if train_outs else {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None,
-                                "clip_frac": 0.0, "approx_kl": 0.0, "trained_seqs": 0}
+        # 6. the update (one on-policy step by default), unless the batch has no signal or a NaN/inf
+        skip = skip_reason(R, labelled)
+        with oom_hint("update", cfg):
+            stats = no_update(skip) if skip else update(
+                model, ref_model if cfg.kl_in == "loss" else None, opt, train_outs, adv.flatten()[keep_groups],
+                cfg, device, amp, tokenizer.pad_token_id, old_logps if n_updates > 1 else None)
         if kl_reward is not None:
             stats["kl"] = kl_reward
+        nonfinite_streak = nonfinite_streak + 1 if (stats["skipped"] or "").startswith("non-finite") else 0
         t3 = time.time()
 
         # metrics
@@ -717,29 +874,35 @@ def main(cfg):
             "tok_per_s": gen_tokens / (t1 - t0),
             "mfu": flops / (t3 - t0) / cfg.peak_flops if device.type == "cuda" else None,
         }
-        with open(os.path.join(cfg.out_dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        log_row(cfg, "metrics.jsonl", metrics, wb)
         bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("pseudo_reward", "reward", "maj_share", "label_acc",
                                                           "entropy", "kl", "grad_norm") if metrics.get(k) is not None})
 
-        stop = None
+        reason = None  # a mitigation's reason to end the run early (paper §5)
         if cfg.collapse_alarm and metrics["same_answer"] >= cfg.collapse_alarm:
-            stop = (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
-                    f"(pseudo-reward {R.mean().item():.2f})")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and not stop:
+            reason = (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
+                      f"(pseudo-reward {R.mean().item():.2f})")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and not reason:
             track_val(step + 1, run_eval(step + 1))
             if cfg.early_stop and step + 1 - best["step"] >= cfg.early_stop * cfg.eval_every:
-                stop = f"early stop: no gain on {cfg.val_data} since step {best['step']} (avg@k {best['avg']:.3f})"
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or stop:
+                reason = f"early stop: no gain on {cfg.val_data} since step {best['step']} (avg@k {best['avg']:.3f})"
+        halt = halt_reason(stop, nonfinite_streak, cfg)
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or halt or reason:
             save_checkpoint(model, tokenizer, opt, step + 1, cfg)
-        if stop:
-            tqdm.write(f"step {step + 1}: {stop}; stopping")
+        if halt:
+            restore_signals()
+            raise SystemExit(f"{halt}. Checkpoint of step {step + 1} saved in {cfg.out_dir}/ckpt; --resume continues.")
+        if reason:
+            tqdm.write(f"step {step + 1}: {reason}; stopping")
             step += 1
             break
     else:
         step = cfg.steps
 
+    restore_signals()
     last_eval = (evals.get(step) or run_eval(step)) if start < step else None
+    if wb is not None:
+        wb.finish()
     if first_eval and last_eval:
         for name in last_eval:
             a, b = first_eval[name], last_eval[name]

@@ -911,3 +911,216 @@ def test_online_filter_drops_disputed_prompts_and_refills_the_batch():
     odd = lambda idx: [o for i in idx for o in group(2 * i + 1)]            # nothing ever passes
     batch, outs = selftrain.online_filter([0, 1, 2], odd([0, 1, 2]), odd, 5, 40, cfg)
     assert len(batch) == 1 and len(outs) == 3                               # never an empty batch
+
+
+# ------------------------------------------------------------ issue 6: faults, resume, ecosystem, TRL
+
+def fast_run(tmp_path, monkeypatch, name, **kw):
+    """A tiny run without held-out evaluation (stubbed): 2 prompts x 4 samples per step."""
+    monkeypatch.setattr(evaluation, "evaluate_sets", lambda *a, **k: {})
+    return run(tmp_path, name, **{"prompts_per_step": 2, "samples_per_prompt": 4, **kw})
+
+
+def tensors(folder):
+    from safetensors.torch import load_file
+    return load_file(os.path.join(folder, "model.safetensors"))
+
+
+def test_checkpoints_keep_the_last_k_and_resume_takes_the_newest(tmp_path, tiny):
+    import random
+    import shutil
+    model, tok = tiny
+    cfg = Config(out_dir=str(tmp_path / "run"), keep_ckpts=2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in (1, 2, 3):
+        selftrain.save_checkpoint(model, tok, opt, step, cfg)
+    assert sorted(os.listdir(cfg.out_dir)) == ["ckpt", "ckpt-2"]  # the oldest was rotated away
+    assert selftrain.checkpoints(cfg.out_dir) == [(2, cfg.out_dir + "/ckpt-2"), (3, cfg.out_dir + "/ckpt")]
+    # a crashed save (ckpt.tmp, no trainer_state.json) never counts; nor does an unrelated folder
+    os.makedirs(os.path.join(cfg.out_dir, "ckpt.tmp"))
+    os.makedirs(os.path.join(cfg.out_dir, "ckpt-9"))
+    cfg.resume = True
+    assert selftrain.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt"
+    # killed between the two renames of a save: the newest complete one is ckpt-2
+    shutil.rmtree(os.path.join(cfg.out_dir, "ckpt"))
+    assert selftrain.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt-2"
+    random.seed(5)
+    expected = random.random()
+    random.seed(5)
+    selftrain.save_checkpoint(model, tok, opt, 4, cfg)  # saves the python RNG state ...
+    random.seed(0)
+    assert selftrain.load_checkpoint(opt, selftrain.checkpoint_to_resume(cfg)) == 4
+    assert random.random() == expected  # ... and restores it
+    with pytest.raises(SystemExit, match="holds checkpoints of an earlier run .*step 4.*--resume"):
+        selftrain.checkpoint_to_resume(Config(out_dir=cfg.out_dir))  # a fresh run never rotates them away
+    with pytest.raises(SystemExit, match="--resume: no checkpoint in"):
+        selftrain.checkpoint_to_resume(Config(out_dir=str(tmp_path / "none"), resume=True))
+    keep_all = Config(out_dir=str(tmp_path / "all"), keep_ckpts=0)
+    for step in (1, 2, 3):
+        selftrain.save_checkpoint(model, tok, opt, step, keep_all)
+    assert [s for s, _ in selftrain.checkpoints(keep_all.out_dir)] == [1, 2, 3]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    heldout = tmp_path / "heldout.jsonl"
+    heldout.write_text('{"problem": "0001+0002", "answer": "3"}\n')
+    out = str(tmp_path / "killed")
+    cmd = [sys.executable, os.path.join(HERE, "selftrain.py"), "--tiny", "--model", WARM, "--out_dir", out,
+           "--steps", "1000", "--prompts_per_step", "2", "--samples_per_prompt", "4", "--max_new_tokens", "8",
+           "--eval_data", str(heldout), "--eval_samples", "1", "--eval_every", "0", "--save_every", "1000"]
+    p = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    log = os.path.join(out, "metrics.jsonl")
+    deadline = time.time() + 120
+    while not (os.path.exists(log) and open(log).read().count("\n") >= 1) and p.poll() is None:
+        assert time.time() < deadline, "the run never finished a step"
+        time.sleep(0.2)
+    p.send_signal(signal.SIGTERM)  # mid-run: the step in flight finishes, is saved, and the run exits
+    _, err = p.communicate(timeout=120)
+    assert p.returncode != 0 and "stopped by SIGTERM" in err, err[-2000:]
+    done = len(open(log).read().splitlines())
+    assert 1 <= done < 1000
+    assert selftrain.checkpoints(out) == [(done, os.path.join(out, "ckpt"))]
+    resumed = fast_run(tmp_path, monkeypatch, "killed", resume=True, steps=done + 1, max_new_tokens=8,
+                       eval_data=str(heldout), save_every=1000)
+    selftrain.main(resumed)
+    assert [m["step"] for m in metrics(resumed)] == list(range(1, done + 2))
+    assert selftrain.checkpoints(out)[-1][0] == done + 1
+
+
+def test_nan_in_the_loss_skips_the_update_and_never_touches_the_weights(tiny, monkeypatch, capsys):
+    model, tok = tiny
+    outs = make_rollouts(tok, ["1+1", "2+2"], ["\\boxed{2}", "\\boxed{5}"])
+    real = selftrain.policy_loss
+    monkeypatch.setattr(selftrain, "policy_loss", lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = [p.detach().clone() for p in model.parameters()]
+    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0),
+                          torch.device("cpu"), False, tok.pad_token_id)
+    assert st["skipped"] == "non-finite loss"
+    assert "warning: non-finite loss" in capsys.readouterr().out
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not opt.state  # AdamW's moments never saw it either
+    monkeypatch.setattr(selftrain, "policy_loss", real)  # the same batch, finite: it does update
+    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0),
+                          torch.device("cpu"), False, tok.pad_token_id)
+    assert st["skipped"] is None and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), before):
+            p.copy_(b)  # the module-scoped fixture is shared
+
+
+def test_repeated_nonfinite_rewards_stop_the_run_with_a_checkpoint(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(selftrain, "label_and_reward", lambda answers, *a: (
+        "1", [float("nan")] * len(answers), "1", len(answers)))
+    cfg = fast_run(tmp_path, monkeypatch, "nan", steps=10, max_new_tokens=4, max_nonfinite=2, save_every=100)
+    with pytest.raises(SystemExit, match="2 consecutive steps had a NaN/inf.*step 2 saved"):
+        selftrain.main(cfg)
+    assert [m["skipped"] for m in metrics(cfg)] == ["non-finite rewards"] * 2
+    assert "no update: non-finite rewards" in capsys.readouterr().out
+    assert selftrain.checkpoints(cfg.out_dir) == [(2, os.path.join(cfg.out_dir, "ckpt"))]
+    start, saved = tensors(WARM), tensors(os.path.join(cfg.out_dir, "ckpt"))
+    assert all(torch.equal(start[k], saved[k]) for k in start)
+
+
+def test_degenerate_batches_take_no_update_and_wandb_logs_the_same_metrics(tmp_path, monkeypatch):
+    import sys
+    import types
+    logged = []
+    fake = types.SimpleNamespace(init=lambda **kw: types.SimpleNamespace(
+        log=lambda row, step: logged.append((step, row)), finish=lambda: None))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    # 4 new tokens: no sample reaches a \boxed{} answer, so no group has a label or any reward signal
+    cfg = fast_run(tmp_path, monkeypatch, "degenerate", steps=2, max_new_tokens=4, wandb=True)
+    selftrain.main(cfg)
+    m = metrics(cfg)
+    assert [r["skipped"] for r in m] == ["no learning signal: every group's rewards are equal (2 with no answer)"] * 2
+    assert all(r["unlabelled"] == 1.0 and r["trained_seqs"] == 0 for r in m)  # and the run went on
+    start, saved = tensors(WARM), tensors(os.path.join(cfg.out_dir, "ckpt"))
+    assert all(torch.equal(start[k], saved[k]) for k in start)  # not even KL or weight decay moved them
+    assert [(s, r) for s, r in logged if r] == \
+           [(r["step"], {k: v for k, v in r.items() if v is not None and k != "step"}) for r in m]
+    # a real SRT batch has signal
+    assert selftrain.skip_reason(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), [True, True]) is None
+
+
+def test_out_of_memory_names_the_knob_to_lower(tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    monkeypatch.setattr(selftrain, "rollout", oom)
+    with pytest.raises(SystemExit, match=r"out of GPU memory in generation: lower --gen_chunk \(now 128\), "
+                                         r"then --max_new_tokens \(now 4\)"):
+        selftrain.main(fast_run(tmp_path, monkeypatch, "oom-gen", max_new_tokens=4))
+    monkeypatch.undo()
+    monkeypatch.setattr(selftrain, "skip_reason", lambda *a: None)  # reach the update whatever was sampled
+    monkeypatch.setattr(selftrain, "update", oom)
+    with pytest.raises(SystemExit, match=r"out of GPU memory in update: lower --micro_batch \(now 8\), "
+                                         r"then --logprob_chunk .*--max_new_tokens"):
+        selftrain.main(fast_run(tmp_path, monkeypatch, "oom-update", max_new_tokens=4))
+
+
+def test_data_problems_name_the_source_row_and_field(tmp_path, capsys):
+    with pytest.raises(SystemExit, match="missing.jsonl: no such file"):
+        evaluation.load_rows(str(tmp_path / "missing.jsonl"))
+    notrec = tmp_path / "notrec.jsonl"
+    notrec.write_text('{"problem": "1+1", "answer": "2"}\n[1, 2]\n')
+    with pytest.raises(SystemExit, match=r"notrec.jsonl: row 1: expected a record with fields, got \[1, 2\]"):
+        evaluation.load_rows(str(notrec))
+    with pytest.raises(SystemExit, match="unknown eval set 'math5000': use a benchmark name .*math500"):
+        evaluation.load_eval_sets("math5000", str(tmp_path))
+    with pytest.raises(SystemExit, match="could not load dataset 'no-such-owner/no-such-set'"):
+        evaluation.load_rows("no-such-owner/no-such-set")  # offline here; unknown on the hub
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "1+1", "answer": "2"}\n{"problem": "2+2", "answer": "4"}\n')
+    assert [r["problem"] for r in evaluation.load_rows(str(dup))] == ["1+1", "2+2"]
+    assert "dup.jsonl: dropped 1 duplicate problems" in capsys.readouterr().out
+
+
+def test_srt_reward_in_trls_signature_groups_by_prompt(monkeypatch):
+    import torch.distributed as dist
+    from rewards import srt_reward
+    prompts = ["p", "q", "p", "q", "p", "q"]
+    completions = ["\\boxed{1}", "\\boxed{7}", "\\boxed{2}", "no answer", "\\boxed{\\frac{2}{2}}", "\\boxed{8}"]
+    assert srt_reward(prompts, completions, answer=["9"] * 6) == [1, 1, 0, 0, 1, 0]  # labels are never read
+    chat = [[{"role": "user", "content": p}] for p in prompts]  # TRL's conversational format
+    msgs = [[{"role": "assistant", "content": c}] for c in completions]
+    assert srt_reward(chat, msgs) == [1, 1, 0, 0, 1, 0]
+    parts = [[{"role": "assistant", "content": [{"type": "text", "text": c}]}] for c in completions]
+    assert srt_reward(chat, parts) == [1, 1, 0, 0, 1, 0]
+    # two processes, each holding part of the group of 'p': the vote is over the whole group
+    other_rank = [("p", "\\boxed{5}"), ("p", "\\boxed{5}"), ("p", "\\boxed{5}")]
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None), [other_rank, mine]))
+    assert srt_reward(["p", "p"], ["\\boxed{5}", "\\boxed{1}"]) == [1.0, 0.0]  # 1 is the local majority only
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("trl") is None, reason="trl not installed")
+def test_trl_grpo_trainer_trains_the_testbed_with_the_srt_reward(tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+    from rewards import self_rewards, srt_reward
+    model, tok = load_model(WARM)
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": r["problem"] + INSTRUCTION}]}
+                              for r in tiny_task(4, seed=5)])
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, max_steps=2,
+                      max_completion_length=64, learning_rate=1e-4, temperature=1.0, top_k=0, use_cpu=True,
+                      bf16=False, gradient_checkpointing=False, report_to="none", save_strategy="no", seed=0)
+    calls = []
+
+    def srt(prompts, completions, **kw):
+        calls.append((prompts, completions, srt_reward(prompts, completions, **kw)))
+        return calls[-1][2]
+
+    before = [p.detach().clone() for p in model.parameters()]
+    GRPOTrainer(model=model, reward_funcs=srt, args=args, train_dataset=data, processing_class=tok).train()
+    assert len(calls) == 2
+    for prompts, completions, r in calls:  # one prompt's group of 4 per step, voted within the group
+        assert len({repr(p) for p in prompts}) == 1 and len(r) == 4
+        assert r == self_rewards([c[-1]["content"] for c in completions])
+    assert any(0 < sum(r) < 4 for _, _, r in calls)  # some step had signal ...
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # ... and it trained
