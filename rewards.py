@@ -83,18 +83,26 @@ def extract_answer(text: str) -> str | None:
 _UNICODE = str.maketrans({"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ",
                           "÷": r"\div ", "π": r"\pi ", "∞": r"\infty ", "√": r"\sqrt ",
                           "≤": r"\le ", "≥": r"\ge ", "±": r"\pm ", "∪": r"\cup ",
-                          "°": "", "θ": r"\theta "})
+                          "°": "", "θ": r"\theta ",
+                          # LaTeX that went through a non-raw Python string: "\frac" -> form feed + "rac"
+                          "\f": r"\f", "\a": r"\a", "\b": r"\b", "\v": r"\v"})
 _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
     (r"\\\$|\$", ""),
+    (r"[\t\r](?=[a-z]{2})", lambda m: "\\" + "tr"[m.group() == "\r"]),   # "\text" as tab + "ext"
+    (r"(?<!\\)\\\\(?=(?:[dtc]?frac|sqrt|pi|text|cdot|times|left|right|infty|pm)(?![a-zA-Z]))",
+     r"\\"),                                               # over-escaped "\\\\sqrt"
+    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
+    (r"(?<!\\);", ","),                                     # (0;-2;6): semicolons separate items
     (r"\\(?:left|right)(?![a-zA-Z])\.?", ""),              # \left( -> (, \right. -> ""
     (r"\\(?:displaystyle|textstyle)(?![a-zA-Z])", ""),
     (r"(\d),\\!\s*(?=\d)", r"\1,"),                          # 10,\!080 -> 10,080
-    (r"\{,\}", ","),
+    (r"\s*\{\s*,\s*\}\s*", ","),                                  # 14{,}916, 14 {, }916
     (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),
     (r"\\[dt]binom(?![a-zA-Z])", r"\\binom"),
     (r"\\(?:mbox|textbf|textit|textrm|textup|textnormal|mathrm|mathbf|mathit|mathsf"
      r"|operatorname)(?![a-zA-Z])", r"\\text"),
-    (r"\\text\s*\{\s*(?:or|and)\s*\}", ","),                # x=1 \text{ or } x=2
+    (r",?\s*\\text\s*\{\s*(?:or|and)\s*\}\s*", ","),          # x=1 \text{ or } x=2; 19, 46, \text{ and } 82
+    (r"(?<=[\d})\]])\s*,?\s*\b(?:or|and)\s+(?=\S)", ","),        # 6 and 8, (7,11) or (11,7)
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", ""),
     (r"\\?%", ""),                                           # 50\% == 50
     (r"_\{(\d+)\}", r"_\1"),                                 # 204_{5} -> 204_5
@@ -108,21 +116,29 @@ _TRAILING_TEXT = re.compile(r"(?<=\S)\s*\\text\s*\{[^{}]*\}(?:\^\{?\d\}?)?\s*$")
 _TEXT = re.compile(r"\\text\s*\{([^{}]*)\}")
 _UNITS = re.compile(r"(?<=[\d}])\s*(?:units?|square\s+units|sq\s+units|cm|mm|km|meters?|"
                     r"inch|inches|ft|feet|foot|yards?|miles?|degrees?|dollars?|cents?|"
-                    r"seconds?|minutes?|hours?|days?|weeks?|years?|mph|pounds?|kg|grams?)"
+                    r"seconds?|minutes?|hours?|days?|weeks?|years?|mph|pounds?|kg|grams?|"
+                    r"percent|percentage|pct|ways|students|people|points|digits|integers)"
                     r"(?:\^\{?[23]\}?)?$")
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_SQUEEZE = re.compile(r"(\\[a-zA-Z]+)?\s+(?=([a-zA-Z0-9])?)")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:(?:,\d{3})+|(?: \d{3})+)(?:\.\d+)?")   # 1,000 / 1 000
+_SQUEEZE = re.compile(r"(\\[a-zA-Z]+)?\s+")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _FRAC_RE = re.compile(r"([+-]?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
 _MIXED_RE = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _INEQ_RE = re.compile(r"(<=|>=|<|>|\\[lg]eq?(?:slant)?(?![a-zA-Z]))")
+# What may stand left of "=" as a mere name: x, a_3, f(x), |AB|, \theta, (p,q).
+_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+)?"
+_LHS_RE = re.compile(rf"\|?{_NAME}(?:\([a-zA-Z]\))?\|?|\((?:{_NAME},)+{_NAME}\)")
 
 
 def _squeeze(s: str) -> str:
     # Drop whitespace, but keep one space after a command followed by a
-    # letter/digit: "\pi r" must not become the unknown command "\pir".
-    return _SQUEEZE.sub(lambda m: (m.group(1) + " ") if m.group(1) and m.group(2)
-                        else (m.group(1) or ""), s)
+    # letter/digit ("\pi r" is not the unknown command "\pir") and between
+    # two digits ("1 2" is not 12; "1 000" was joined before).
+    def space(m):
+        cmd, after = m.group(1) or "", s[m.end():m.end() + 1]
+        keep = after.isalnum() and (cmd or s[m.start() - 1:m.start()].isdigit() and after.isdigit())
+        return cmd + " " if keep else cmd
+    return _SQUEEZE.sub(space, s)
 
 
 def _fmt(f: Fraction) -> str:
@@ -187,18 +203,23 @@ def _normalize(s: str) -> str:
     s = s.translate(_UNICODE)
     for pattern, repl in _SIMPLE_SUBS:
         s = pattern.sub(repl, s)
-    s = _SPACING.sub(lambda m: "\\\\" if m.group(1) == "\\" else " ", s).strip()
-    s = re.sub(r"(\\\.|\.)+$", "", s).strip()   # trailing full stop
+    s = _SPACING.sub(lambda m: {"\\": "\\\\", "!": ""}.get(m.group(1), " "), s).strip()  # \! is negative space
+    s = re.sub(r"(\\\.|[.,])+$", "", s).strip()  # trailing full stop or comma
     s = _TRAILING_TEXT.sub("", s)               # 5.4 \text{ cents} -> 5.4
     for _ in range(5):                          # \text{(B)} -> (B)
         s = _TEXT.sub(r"\1", s)
     s = _UNITS.sub("", s.strip()).strip()
     if _THOUSANDS.fullmatch(s):                  # before squeezing: "100, 200" is a list
-        s = s.replace(",", "")
+        s = s.replace(",", "").replace(" ", "")
     s = _squeeze(s)
     s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s)  # x \in [1,2] -> [1,2]
-    if s.count("=") == 1:                        # x = 5 / f(x) = 2x -> the right side
-        s = re.sub(r"^[a-zA-Z](?:_\w)?(?:\([a-zA-Z]\))?=", "", s)
+    parts = _split_top(s, "=")
+    if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]) and "," not in s:
+        parts = [parts[0], parts[-1]]            # x = 5+6 = 11 -> x = 11
+    if len(parts) == 2 and _LHS_RE.fullmatch(parts[0]) and not _has_letters(parts[1]):
+        s = parts[1]                             # x = 5 -> 5; y = 2x+3 stays an equation
+    else:
+        s = "=".join(parts)
     s = _inequality_to_interval(s)
     s = re.sub(r"^\(([A-Za-z])\)$", r"\1", s)    # multiple choice: (B) -> B
     value = _as_fraction(s)
@@ -208,7 +229,7 @@ def _normalize(s: str) -> str:
 # ----------------------------------------------------------------------------
 # A small recursive-descent parser: whitelisted LaTeX -> sympy, never eval.
 _TOKEN_RE = re.compile(r"\s*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\\[a-zA-Z]+)|([a-zA-Z])"
-                       r"|([-+*/^()\[\]{}!]))")
+                       r"|(\*\*|[-+*/^()\[\]{}!]))")
 _FUNCS = {r"\sin": sympy.sin, r"\cos": sympy.cos, r"\tan": sympy.tan, r"\cot": sympy.cot,
           r"\sec": sympy.sec, r"\csc": sympy.csc, r"\arcsin": sympy.asin,
           r"\arccos": sympy.acos, r"\arctan": sympy.atan, r"\ln": sympy.log,
@@ -258,7 +279,8 @@ def _tokenize(s: str) -> list[str]:
             if s[pos:].isspace():
                 break
             raise ValueError(f"unexpected character {s[pos]!r}")
-        tokens.append(m.group(m.lastindex))
+        tok = m.group(m.lastindex)
+        tokens.append("^" if tok == "**" else tok)   # x**2, as in Python
         pos = m.end()
     return tokens
 
@@ -314,7 +336,14 @@ def _to_sympy(s: str):
                 take()
                 value = value / power()
             elif starts_atom(tok):               # implicit product: 2\sqrt{3}, 3x
-                value = value * power()
+                # ...but never of two written numbers ("2.5.3", "2^{3}4", "x2") nor of a
+                # number and a numeric fraction (1\frac{1}{2} is a mixed number): ambiguous.
+                if tok[0].isdigit() or tok[0] == ".":
+                    raise ValueError("two numbers side by side")
+                factor = power()
+                if tok == r"\frac" and factor.is_Rational and value.is_Rational:
+                    raise ValueError("mixed number inside an expression")
+                value = value * factor
             else:
                 break
         return value
@@ -404,6 +433,7 @@ def _parse(s: str):
 # ----------------------------------------------------------------------------
 # Comparing sympy values
 _BAD = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+_MAXN = 1000     # digits of working precision sympy may use to tell a difference from 0
 
 
 def _value(expr, point):
@@ -425,28 +455,36 @@ def _points(symbols, n=3):
              for s in symbols} for k in range(n)]
 
 
+def _is_zero(diff, point) -> bool:
+    """Is diff exactly 0 at the point? sympy's evalf raises its working precision
+    (up to _MAXN digits) until the 40 digits asked for are right, so a nonzero
+    difference, however tiny (sqrt(10^60+1) - 10^30 = 5e-31, or pi minus 35 of
+    its digits), comes back with correct digits; only a zero (or a difference
+    below ~10^-_MAXN relative to the terms) comes back with none ("0.e-1550").
+    A fixed tolerance would call such pairs equal."""
+    d = diff.evalf(40, subs=point, maxn=_MAXN) if point else diff.evalf(40, maxn=_MAXN)
+    return all(part == 0 or (part.is_Float and part._prec < 10)    # _prec: correct bits
+               for part in d.as_real_imag())
+
+
 def _sympy_equal(a, b) -> bool:
     if a == b:
         return True
     if a.has(*_BAD) or b.has(*_BAD):             # infinities: only structurally equal
         return False
+    if a.is_Rational and b.is_Rational:           # exact, and a != b
+        return False
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
-    if not symbols:
-        if a.is_Rational and b.is_Rational:       # exact, and a != b
-            return False
-        u, v = _value(a, None), _value(b, None)
-        return u is not None and v is not None and _near(u, v)
     if len(symbols) > 8:
         return False
-    checked = 0
-    for point in _points(symbols):
-        u, v = _value(a, point), _value(b, point)
-        if u is None or v is None:               # outside the domain: try another point
-            continue
-        if not _near(u, v):
+    diff, checked = a - b, 0
+    for point in _points(symbols) if symbols else [None]:
+        if _value(a, point) is None or _value(b, point) is None:
+            continue                              # outside the domain: try another point
+        if not _is_zero(diff, point):
             return False
         checked += 1
-    return checked >= 2
+    return checked >= (2 if symbols else 1)
 
 
 def _equations_equal(a: str, b: str) -> bool:
@@ -572,6 +610,8 @@ def _shape(s: str):
         return "matrix", rows
     if s.startswith("\\{") and s.endswith("\\}") and _wrapped(s):
         return "set", _expand_pm(_split_top(s[2:-2], ","))
+    if s.startswith("{") and _wrapped(s):        # {1,2}: a set written without backslashes
+        return "set", _expand_pm(_split_top(s[1:-1], ","))
     for sep in ("\\cup", ","):
         parts = _split_top(s, sep)
         if len(parts) > 1:
@@ -620,6 +660,10 @@ def _equiv_cached(a: str, b: str) -> bool:
             return _equiv_norm(normalize_answer(pa[0]), b)
         if kb == "set" and len(pb) == 1:
             return _equiv_norm(a, normalize_answer(pb[0]))
+        if "eq" in (ka, kb):   # y = 2x+3 vs 2x+3: a name on the left is only a label
+            eq, other = (a, b) if ka == "eq" else (b, a)
+            lhs, rhs = _split_top(eq, "=")
+            return bool(_LHS_RE.fullmatch(lhs)) and _equiv_norm(normalize_answer(rhs), other)
         return False
     if ka == "set":
         return len(pa) <= MAX_ITEMS and _match_unordered(norm(pa), norm(pb))
