@@ -21,23 +21,29 @@ Nothing here raises: every input gets a verdict.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import json
+import os
 import random
 import re
+import select
 import signal
+import subprocess
+import sys
 import threading
-from contextlib import contextmanager
+import time
 from fractions import Fraction
 
 import sympy
 
-__all__ = ["extract_answer", "normalize_answer", "is_equiv", "grade",
+__all__ = ["extract_answer", "normalize_answer", "is_equiv", "grade", "bench_grader",
            "vote_classes", "majority_vote", "self_rewards"]
 
 MAX_SYMBOLIC_LEN = 1000   # longer answers are only compared as strings
 MAX_STRUCT_LEN = 3000     # longer answers are not split into tuples/sets
 MAX_ITEMS = 32            # longest tuple/set/matrix we compare element-wise
-TIME_LIMIT_S = 3.0        # hard cap per scalar comparison (main thread only)
+TIME_LIMIT_S = 3.0        # hard cap on the symbolic work of one public call (any thread)
 
 # ----------------------------------------------------------------------------
 # Extraction
@@ -198,8 +204,25 @@ def normalize_answer(ans: str) -> str:
     return _normalize(s)
 
 
+def _strip_names(s: str) -> str:
+    """x = 5 -> 5; x = 1, x = 2 -> 1,2; n = 1, 2 -> 1,2; x = 5+6 = 11 -> 11.
+
+    A name is only a label when the right side is a value (y = 2x+3 stays an
+    equation) and names the whole answer: x = 1, y = 2 keeps its names, which
+    tell its values apart (so its items are normalised with top=False).
+    """
+    items = [_split_top(item, "=") for item in _split_top(s, ",")]
+    for parts in items:
+        if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]):
+            del parts[1:-1]                      # x = 5+6 = 11 -> x = 11
+    named = [len(p) == 2 and bool(_LHS_RE.fullmatch(p[0])) and not _has_letters(p[1]) for p in items]
+    if (all(named) and len({p[0] for p in items}) == 1) or (named[0] and all(len(p) == 1 for p in items[1:])):
+        items = [p[1:] if n else p for p, n in zip(items, named)]
+    return ",".join("=".join(p) for p in items)
+
+
 @functools.lru_cache(maxsize=1 << 15)
-def _normalize(s: str) -> str:
+def _normalize(s: str, top: bool = True) -> str:
     s = s.translate(_UNICODE)
     for pattern, repl in _SIMPLE_SUBS:
         s = pattern.sub(repl, s)
@@ -213,13 +236,8 @@ def _normalize(s: str) -> str:
         s = s.replace(",", "").replace(" ", "")
     s = _squeeze(s)
     s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s)  # x \in [1,2] -> [1,2]
-    parts = _split_top(s, "=")
-    if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]) and "," not in s:
-        parts = [parts[0], parts[-1]]            # x = 5+6 = 11 -> x = 11
-    if len(parts) == 2 and _LHS_RE.fullmatch(parts[0]) and not _has_letters(parts[1]):
-        s = parts[1]                             # x = 5 -> 5; y = 2x+3 stays an equation
-    else:
-        s = "=".join(parts)
+    if top:
+        s = _strip_names(s)
     s = _inequality_to_interval(s)
     s = re.sub(r"^\(([A-Za-z])\)$", r"\1", s)    # multiple choice: (B) -> B
     value = _as_fraction(s)
@@ -433,7 +451,7 @@ def _parse(s: str):
 # ----------------------------------------------------------------------------
 # Comparing sympy values
 _BAD = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
-_MAXN = 1000     # digits of working precision sympy may use to tell a difference from 0
+_MAXN = 300      # digits of working precision sympy may use to tell a difference from 0
 
 
 def _value(expr, point):
@@ -507,29 +525,6 @@ def _equations_equal(a: str, b: str) -> bool:
             and all(_near(r, ratios[0]) for r in ratios[1:]))
 
 
-@contextmanager
-def _time_limit(seconds: float):
-    # SIGALRM only works on the main thread (and we must not steal someone
-    # else's handler); elsewhere the up-front size checks in the parser bound the work.
-    usable = (threading.current_thread() is threading.main_thread()
-              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise TimeoutError("answer comparison took too long")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _is_text(s: str) -> bool:
     # Words ("Monday", "even") must not be parsed as products of variables.
     return (s.isalpha() and len(s) > 1) or re.search(
@@ -541,12 +536,8 @@ def _scalar_equal(a: str, b: str) -> bool:
         return a.lower() == b.lower()
     if len(_INEQ_RE.split(a)) > 1 or len(_INEQ_RE.split(b)) > 1:
         return False                              # unconverted inequalities: strings only
-    try:
-        with _time_limit(TIME_LIMIT_S):
-            ea, eb = _parse(a), _parse(b)
-            return ea is not None and eb is not None and _sympy_equal(ea, eb)
-    except Exception:                             # incl. TimeoutError: no verdict -> differ
-        return False
+    ea, eb = _parse(a), _parse(b)
+    return ea is not None and eb is not None and _sympy_equal(ea, eb)
 
 
 # ----------------------------------------------------------------------------
@@ -654,7 +645,7 @@ def _equiv_norm(a: str, b: str) -> bool:
 @functools.lru_cache(maxsize=1 << 15)
 def _equiv_cached(a: str, b: str) -> bool:
     (ka, pa), (kb, pb) = _shape(a), _shape(b)
-    norm = lambda items: [normalize_answer(x) for x in items[:MAX_ITEMS + 1]]
+    norm = lambda items: [_normalize(x.strip(), top=False) for x in items[:MAX_ITEMS + 1]]
     if ka != kb:      # a one-element set {5} equals its element 5
         if ka == "set" and len(pa) == 1:
             return _equiv_norm(normalize_answer(pa[0]), b)
@@ -677,12 +668,112 @@ def _equiv_cached(a: str, b: str) -> bool:
                 and all(_equiv_norm(x, y) for ra, rb in zip(pa, pb)
                         for x, y in zip(norm(ra), norm(rb))))
     if ka == "eq":
-        try:
-            with _time_limit(TIME_LIMIT_S):
-                return _equations_equal(a, b)
-        except Exception:
-            return False
+        return _equations_equal(a, b)
     return _scalar_equal(a, b)
+
+
+# ----------------------------------------------------------------------------
+# The hard time cap. Everything above that needs sympy runs in a worker process
+# (`python rewards.py --serve`, JSON lines over pipes) that is killed when a
+# comparison overruns, and started again on the next one. Unlike a SIGALRM
+# timer this works from any thread and stops even C code; the size bounds in
+# the parser keep overruns rare. The parent keeps the fast paths: equal
+# normalised strings, and two plain numbers (canonical, so equal iff identical).
+_idle: list[subprocess.Popen] = []      # started workers waiting for work
+_idle_lock = threading.Lock()
+_verdicts: dict[tuple[str, str], bool] = {}
+_fallback_warned = False
+
+
+def _start_worker() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+    if not select.select([proc.stdout], [], [], 120)[0] or proc.stdout.readline() != "ready\n":
+        _kill(proc)                      # importing sympy is slow, but not that slow
+        raise OSError("the grader worker did not start")
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        pipe.close()
+
+
+def _in_worker(a: str, b: str, seconds: float) -> bool:
+    """_equiv_norm(a, b) in a worker process; TimeoutError after `seconds`."""
+    with _idle_lock:
+        proc = _idle.pop() if _idle else None
+    proc = proc or _start_worker()
+    try:
+        proc.stdin.write(json.dumps([a, b, seconds]) + "\n")
+        proc.stdin.flush()
+        if not select.select([proc.stdout], [], [], seconds)[0]:
+            raise TimeoutError("answer comparison took too long")
+        reply = proc.stdout.readline()
+        if reply not in ("0\n", "1\n"):            # the worker died (e.g. its own alarm)
+            raise TimeoutError("the grader worker died")
+    except BaseException:
+        _kill(proc)
+        raise
+    with _idle_lock:
+        _idle.append(proc)
+    return reply == "1\n"
+
+
+@atexit.register
+def _stop_workers() -> None:
+    with _idle_lock:
+        while _idle:
+            _kill(_idle.pop())
+
+
+if hasattr(os, "register_at_fork"):   # a forked child must not share its parent's pipes
+    os.register_at_fork(after_in_child=_idle.clear)
+
+
+def _serve() -> None:
+    """The worker's loop: one [a, b, seconds] request per line, "1"/"0" back."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        a, b, seconds = json.loads(line)
+        # Backstop: if the parent could not kill us, SIGALRM's default action does.
+        signal.setitimer(signal.ITIMER_REAL, seconds + 5)
+        verdict = _equiv_norm(a, b)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print(int(verdict), flush=True)
+
+
+def _equal(a: str, b: str, deadline: float) -> bool:
+    """Equivalence of two normalised answers, giving up (False) at `deadline`."""
+    global _fallback_warned
+    if a == b:
+        return True
+    if not a or not b or len(a) > MAX_STRUCT_LEN or len(b) > MAX_STRUCT_LEN:
+        return False
+    if _as_fraction(a) is not None and _as_fraction(b) is not None:
+        return False                               # distinct canonical numbers
+    key = (min(a, b), max(a, b))
+    if key not in _verdicts:
+        seconds = deadline - time.monotonic()
+        if seconds <= 0:
+            return False
+        try:
+            verdict = _in_worker(*key, seconds)
+        except TimeoutError:                       # no verdict -> differ (not cached:
+            return False                           # it may have been the machine's load)
+        except OSError:                            # no subprocesses here: compare in-process,
+            if not _fallback_warned:               # bounded by the parser's size limits only
+                _fallback_warned = True
+                print("rewards: no grader worker process; comparing without a time cap",
+                      file=sys.stderr)
+            verdict = _equiv_norm(*key)
+        if len(_verdicts) > 1 << 16:
+            _verdicts.clear()
+        _verdicts[key] = verdict
+    return _verdicts[key]
 
 
 # ----------------------------------------------------------------------------
@@ -691,7 +782,7 @@ def is_equiv(a: str, b: str) -> bool:
     """Are two answer strings mathematically the same? Never raises."""
     try:
         na, nb = normalize_answer(a), normalize_answer(b)
-        return bool(na) and bool(nb) and _equiv_norm(na, nb)
+        return bool(na) and bool(nb) and _equal(na, nb, time.monotonic() + TIME_LIMIT_S)
     except Exception:       # RecursionError, MemoryError-free pathological input...
         return False
 
@@ -709,6 +800,7 @@ def vote_classes(answers: list[str | None]) -> list[int | None]:
     each distinct form once; a new form joins the first class whose first
     member it is equivalent to. Ids are numbered in order of first appearance.
     """
+    deadline = time.monotonic() + TIME_LIMIT_S    # one cap for the whole group
     ids: list[int | None] = []
     by_norm: dict[str, int] = {}
     reps: list[str] = []            # normalised first member of each class
@@ -721,7 +813,7 @@ def vote_classes(answers: list[str | None]) -> list[int | None]:
             ids.append(None)
             continue
         if norm not in by_norm:
-            cid = next((i for i, rep in enumerate(reps) if _equiv_norm(norm, rep)), None)
+            cid = next((i for i, rep in enumerate(reps) if _equal(norm, rep, deadline)), None)
             if cid is None:
                 cid = len(reps)
                 reps.append(norm)
@@ -765,3 +857,60 @@ def self_rewards(responses: list[str]) -> list[float]:
     ids = vote_classes([extract_answer(r) for r in responses])
     best, _ = _winner(ids)
     return [1.0 if best is not None and cid == best else 0.0 for cid in ids]
+
+
+
+# ----------------------------------------------------------------------------
+# Speed (bench.py calls this)
+def _bench_group(kind: str, k: int) -> list[str]:
+    """A realistic group of 32 answers; k varies the strings so caches never help."""
+    if kind == "same":                 # a settled prompt: every sample agrees
+        return [str(1000 + k)] * 32
+    if kind == "numeric":              # one value in many notations, plus wrong numbers
+        a, b = 2 * k + 1, 4 * k + 4
+        right = [f"\\frac{{{a}}}{{{b}}}", f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"{a / b}",
+                 f"\\frac{{{2 * a}}}{{{2 * b}}}", f"\\left({a}/{b}\\right)", f"\\tfrac{{{a}}}{{{b}}}"]
+        return (right * 3 + [str(n + k) for n in range(11)])[:32]
+    p = (3, 5, 7, 11, 13, 17, 19, 23)[k % 8]   # "symbolic": one surd written many ways
+    right = [f"\\frac{{\\sqrt{{{p}}}}}{{{p}}}", f"\\frac{{1}}{{\\sqrt{{{p}}}}}", f"\\sqrt{{{p}}}/{p}",
+             f"{p}^{{-1/2}}", f"\\frac{{2\\sqrt{{{p}}}}}{{{2 * p}}}", f"\\frac{{\\sqrt{{{4 * p}}}}}{{{2 * p}}}"]
+    wrong = [f"\\sqrt{{{p}}}", f"\\frac{{\\sqrt{{{p}}}}}{{2}}", f"\\frac{{{p}}}{{\\sqrt{{2}}}}",
+             f"\\frac{{\\pi}}{{{p}}}", f"{p}x", f"\\sqrt{{{p}}}+1", f"\\frac{{{p}}}{{4}}"]
+    return (right * 3 + wrong * 2)[:32]
+
+
+def bench_grader() -> dict:
+    """Grader speed on 32-answer groups with cold caches (a few seconds).
+
+    vote32_ms_<mix>: one majority_vote over 32 answers: "same" (all one string),
+    "numeric" (one value in 7 notations + 11 wrong numbers), "symbolic" (one surd
+    in 6 forms + 7 wrong expressions); vote32_ms: their mean. answers_per_s:
+    grade(response, gold) calls per second over the same three mixes.
+    worker_start_ms: starting the sympy worker process (once per process).
+    """
+    global _verdicts
+    _stop_workers()
+    t = time.perf_counter()
+    is_equiv("x+1", "1+x")                       # starts a worker
+    out = {"worker_start_ms": 1000 * (time.perf_counter() - t)}
+    _verdicts = {}
+    for cache in (_normalize, _parse, _equiv_cached):
+        cache.cache_clear()
+    mixes = ("same", "numeric", "symbolic")
+    for kind in mixes:
+        group = _bench_group(kind, 1)
+        t = time.perf_counter()
+        majority_vote(group)
+        out[f"vote32_ms_{kind}"] = 1000 * (time.perf_counter() - t)
+    out["vote32_ms"] = sum(out[f"vote32_ms_{kind}"] for kind in mixes) / len(mixes)
+    pairs = [(f"so the answer is $\\boxed{{{ans}}}$.", group[0])
+             for kind in mixes for group in [_bench_group(kind, 2)] for ans in group]
+    t = time.perf_counter()
+    for response, gold in pairs:
+        grade(response, gold)
+    out["answers_per_s"] = len(pairs) / (time.perf_counter() - t)
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve()
