@@ -10,12 +10,14 @@ Equivalence is checked in layers, cheapest first:
   2. split structured answers (tuples, intervals, sets, unordered solution
      lists, \pm, matrices, equations) and compare their parts recursively;
   3. parse what is left with our own small LaTeX parser straight into sympy
-     objects and compare exactly (rationals) or numerically at 40 digits,
-     at a few fixed random points when there are variables.
+     objects and test whether their difference is exactly zero (rationals
+     exactly; otherwise numerically, with sympy raising the precision up to
+     300 digits, at a few fixed random points when there are variables).
 Answers are model output, i.e. hostile: nothing here calls eval/exec/sympify
 on them; the parser only knows a whitelist of tokens, and it refuses huge
-exponents, factorials, roots and nesting up front so sympy stays fast. A
-SIGALRM timer is an extra safety net when running on the main thread.
+exponents, factorials, roots and nesting up front so sympy stays fast. Layer 2
+and 3 run in a worker process that is killed when one public call's symbolic
+work passes TIME_LIMIT_S, from any thread (see _equal).
 A false positive is worse than a false negative: when unsure, answers differ.
 Nothing here raises: every input gets a verdict.
 """
@@ -686,12 +688,15 @@ _fallback_warned = False
 
 
 def _start_worker() -> subprocess.Popen:
+    """A fresh worker (~1 s: it imports sympy). OSError if none can be started here."""
+    if not sys.executable:
+        raise OSError("no Python executable to start a worker with")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
-    if not select.select([proc.stdout], [], [], 120)[0] or proc.stdout.readline() != "ready\n":
-        _kill(proc)                      # importing sympy is slow, but not that slow
-        raise OSError("the grader worker did not start")
+    if not select.select([proc.stdout], [], [], 30)[0] or proc.stdout.readline() != "ready\n":
+        _kill(proc)
+        raise TimeoutError("the grader worker did not start")
     return proc
 
 
@@ -699,7 +704,10 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.kill()
     proc.wait()
     for pipe in (proc.stdin, proc.stdout):
-        pipe.close()
+        try:
+            pipe.close()
+        except OSError:                  # unflushed input to a dead process
+            pass
 
 
 def _in_worker(a: str, b: str, seconds: float) -> bool:
@@ -713,11 +721,15 @@ def _in_worker(a: str, b: str, seconds: float) -> bool:
         if not select.select([proc.stdout], [], [], seconds)[0]:
             raise TimeoutError("answer comparison took too long")
         reply = proc.stdout.readline()
-        if reply not in ("0\n", "1\n"):            # the worker died (e.g. its own alarm)
-            raise TimeoutError("the grader worker died")
+    except OSError as err:                           # the worker died: no verdict
+        _kill(proc)
+        raise TimeoutError("the grader worker died") from err
     except BaseException:
         _kill(proc)
         raise
+    if reply not in ("0\n", "1\n"):                # it died (e.g. by its own alarm)
+        _kill(proc)
+        raise TimeoutError("the grader worker died")
     with _idle_lock:
         _idle.append(proc)
     return reply == "1\n"
@@ -730,8 +742,14 @@ def _stop_workers() -> None:
             _kill(_idle.pop())
 
 
-if hasattr(os, "register_at_fork"):   # a forked child must not share its parent's pipes
-    os.register_at_fork(after_in_child=_idle.clear)
+def _forget_workers() -> None:
+    global _idle_lock                    # a forked child must not use its parent's workers
+    _idle_lock = threading.Lock()
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
 
 
 def _serve() -> None:
@@ -888,12 +906,11 @@ def bench_grader() -> dict:
     grade(response, gold) calls per second over the same three mixes.
     worker_start_ms: starting the sympy worker process (once per process).
     """
-    global _verdicts
     _stop_workers()
     t = time.perf_counter()
     is_equiv("x+1", "1+x")                       # starts a worker
     out = {"worker_start_ms": 1000 * (time.perf_counter() - t)}
-    _verdicts = {}
+    _verdicts.clear()
     for cache in (_normalize, _parse, _equiv_cached):
         cache.cache_clear()
     mixes = ("same", "numeric", "symbolic")

@@ -699,8 +699,10 @@ EXTERNAL_CASES = [
     ("-\\frac{8x^2}{9(x^2-2)^{5/3}}+\\frac{2}{3(x^2-2)^{2/3}}", "-\\frac{2(x^2+6)}{9(x^2-2)\\sqrt[3]{x^2-2}^2}", True),
     ("11z^17(11z^17+5)", "11z^{17}(5+11z^{17})", True), ("(+5)(b+2)", "(a+5)(b+2)", False), ("x+1", "x+2n+1", False),
     ("1 - \\frac{1}{\\mathrm{e}}", "1 - \\frac{1}{e}", True), ("1 + \\frac{1}{\\mathrm{e}}", "1 - \\frac{1}{\\mathrm{e}}", False),
-    ("\\begin{pmatrix}\\frac{1}{3x^{2/3}}&0\\\\-\\sin(x)&0\\end{pmatrix}", "\\begin{pmatrix}\\frac{1}{3\\sqrt[3]{x}^2}&0\\\\-\\sin(x)&0\\end{pmatrix}", True),
-    ("\\begin{pmatrix}\\frac{1}{3x^{1/3}}&0\\\\-\\sin(x)&0\\end{pmatrix}", "\\begin{pmatrix}\\frac{1}{3\\sqrt[3]{x}^2}&0\\\\-\\sin(x)&0\\end{pmatrix}", False),
+    ("\\begin{pmatrix}\\frac{1}{3x^{2/3}}&0\\\\-\\sin(x)&0\\end{pmatrix}",
+     "\\begin{pmatrix}\\frac{1}{3\\sqrt[3]{x}^2}&0\\\\-\\sin(x)&0\\end{pmatrix}", True),
+    ("\\begin{pmatrix}\\frac{1}{3x^{1/3}}&0\\\\-\\sin(x)&0\\end{pmatrix}",
+     "\\begin{pmatrix}\\frac{1}{3\\sqrt[3]{x}^2}&0\\\\-\\sin(x)&0\\end{pmatrix}", False),
     ("odd", "\\text{odd}", True), ("\\text{E}", "d", False), ("\\text{(C)}", "\\text{C}", True), ("1112122_3", "1112112_3", False),
 ]
 
@@ -769,3 +771,13 @@ def test_bench_grader_reports_its_numbers():
     keys = {"answers_per_s", "vote32_ms", "vote32_ms_same", "vote32_ms_numeric", "vote32_ms_symbolic", "worker_start_ms"}
     assert set(stats) == keys and all(0 < v < float("inf") for v in stats.values())
     assert is_equiv("\\frac{\\sqrt3}{3}", "\\frac{1}{\\sqrt3}")   # the grader still works after it
+
+
+def test_grader_without_subprocesses_compares_in_process(monkeypatch, capfd):
+    import rewards
+    monkeypatch.setattr(rewards, "_idle", [])                 # no warm worker,
+    monkeypatch.setattr(rewards.sys, "executable", "")        # and none can be started
+    monkeypatch.setattr(rewards, "_verdicts", {})
+    monkeypatch.setattr(rewards, "_fallback_warned", False)
+    assert is_equiv("\\frac{\\sqrt{7}}{7}", "\\frac{1}{\\sqrt{7}}") and not is_equiv("\\sqrt{7}", "7")
+    assert "without a time cap" in capfd.readouterr().err
