@@ -688,7 +688,8 @@ _fallback_warned = False
 
 
 def _start_worker() -> subprocess.Popen:
-    """A fresh worker (~1 s: it imports sympy). OSError if none can be started here."""
+    """A fresh worker (~1 s: it imports sympy). OSError if none can be started here,
+    TimeoutError (an OSError too) if it does not come up."""
     if not sys.executable:
         raise OSError("no Python executable to start a worker with")
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
@@ -714,22 +715,23 @@ def _in_worker(a: str, b: str, seconds: float) -> bool:
     """_equiv_norm(a, b) in a worker process; TimeoutError after `seconds`."""
     with _idle_lock:
         proc = _idle.pop() if _idle else None
+    if proc is not None and proc.poll() is not None:   # it died while idle (OOM killer...)
+        _kill(proc)
+        proc = None
     proc = proc or _start_worker()
     try:
         proc.stdin.write(json.dumps([a, b, seconds]) + "\n")
         proc.stdin.flush()
-        if not select.select([proc.stdout], [], [], seconds)[0]:
-            raise TimeoutError("answer comparison took too long")
-        reply = proc.stdout.readline()
-    except OSError as err:                           # the worker died: no verdict
-        _kill(proc)
-        raise TimeoutError("the grader worker died") from err
-    except BaseException:
+        done = select.select([proc.stdout], [], [], seconds)[0]
+        reply = proc.stdout.readline() if done else "took too long"
+    except OSError:                                  # a broken pipe: it died
+        reply = ""
+    except BaseException:                            # e.g. KeyboardInterrupt: don't leave it running
         _kill(proc)
         raise
-    if reply not in ("0\n", "1\n"):                # it died (e.g. by its own alarm)
+    if reply not in ("0\n", "1\n"):                # overran, or died (e.g. by its own alarm)
         _kill(proc)
-        raise TimeoutError("the grader worker died")
+        raise TimeoutError(f"grader worker: {reply or 'died'}")
     with _idle_lock:
         _idle.append(proc)
     return reply == "1\n"

@@ -741,7 +741,12 @@ def test_hard_time_cap_holds_off_the_main_thread_and_kills_the_worker(monkeypatc
         assert worker.poll() is not None and worker not in rewards._idle
         with pytest.raises(ProcessLookupError):
             os.kill(worker.pid, 0)
+    rewards._verdicts.clear()
     assert is_equiv("\\tan^2 x + 1", "\\sec^2 x")            # and a fresh worker takes over
+    os.kill(rewards._idle[-1].pid, 9)                         # one that dies while idle is replaced too
+    rewards._idle[-1].wait()
+    rewards._verdicts.clear()
+    assert is_equiv("\\tan^2 x + 1", "\\sec^2 x")
 
 
 def test_grader_threads_share_workers_and_none_outlive_the_process():
