@@ -10,34 +10,42 @@ Equivalence is checked in layers, cheapest first:
   2. split structured answers (tuples, intervals, sets, unordered solution
      lists, \pm, matrices, equations) and compare their parts recursively;
   3. parse what is left with our own small LaTeX parser straight into sympy
-     objects and compare exactly (rationals) or numerically at 40 digits,
-     at a few fixed random points when there are variables.
+     objects and test whether their difference is exactly zero (rationals
+     exactly; otherwise numerically, with sympy raising the precision up to
+     300 digits, at a few fixed random points when there are variables).
 Answers are model output, i.e. hostile: nothing here calls eval/exec/sympify
 on them; the parser only knows a whitelist of tokens, and it refuses huge
-exponents, factorials, roots and nesting up front so sympy stays fast. A
-SIGALRM timer is an extra safety net when running on the main thread.
+exponents, factorials, roots and nesting up front so sympy stays fast. Layer 2
+and 3 run in a worker process that is killed when one public call's symbolic
+work passes TIME_LIMIT_S, from any thread (see _equal).
 A false positive is worse than a false negative: when unsure, answers differ.
 Nothing here raises: every input gets a verdict.
 """
 from __future__ import annotations
 
+import atexit
 import functools
+import json
+import os
 import random
 import re
+import select
 import signal
+import subprocess
+import sys
 import threading
-from contextlib import contextmanager
+import time
 from fractions import Fraction
 
 import sympy
 
-__all__ = ["extract_answer", "normalize_answer", "is_equiv", "grade",
+__all__ = ["extract_answer", "normalize_answer", "is_equiv", "grade", "bench_grader",
            "vote_classes", "majority_vote", "self_rewards"]
 
 MAX_SYMBOLIC_LEN = 1000   # longer answers are only compared as strings
 MAX_STRUCT_LEN = 3000     # longer answers are not split into tuples/sets
 MAX_ITEMS = 32            # longest tuple/set/matrix we compare element-wise
-TIME_LIMIT_S = 3.0        # hard cap per scalar comparison (main thread only)
+TIME_LIMIT_S = 3.0        # hard cap on the symbolic work of one public call (any thread)
 
 # ----------------------------------------------------------------------------
 # Extraction
@@ -83,18 +91,26 @@ def extract_answer(text: str) -> str | None:
 _UNICODE = str.maketrans({"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ",
                           "÷": r"\div ", "π": r"\pi ", "∞": r"\infty ", "√": r"\sqrt ",
                           "≤": r"\le ", "≥": r"\ge ", "±": r"\pm ", "∪": r"\cup ",
-                          "°": "", "θ": r"\theta "})
+                          "°": "", "θ": r"\theta ",
+                          # LaTeX that went through a non-raw Python string: "\frac" -> form feed + "rac"
+                          "\f": r"\f", "\a": r"\a", "\b": r"\b", "\v": r"\v"})
 _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
     (r"\\\$|\$", ""),
+    (r"[\t\r](?=[a-z]{2})", lambda m: "\\" + "tr"[m.group() == "\r"]),   # "\text" as tab + "ext"
+    (r"(?<!\\)\\\\(?=(?:[dtc]?frac|sqrt|pi|text|cdot|times|left|right|infty|pm)(?![a-zA-Z]))",
+     r"\\"),                                               # over-escaped "\\\\sqrt"
+    (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
+    (r"(?<!\\);", ","),                                     # (0;-2;6): semicolons separate items
     (r"\\(?:left|right)(?![a-zA-Z])\.?", ""),              # \left( -> (, \right. -> ""
     (r"\\(?:displaystyle|textstyle)(?![a-zA-Z])", ""),
     (r"(\d),\\!\s*(?=\d)", r"\1,"),                          # 10,\!080 -> 10,080
-    (r"\{,\}", ","),
+    (r"\s*\{\s*,\s*\}\s*", ","),                                  # 14{,}916, 14 {, }916
     (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),
     (r"\\[dt]binom(?![a-zA-Z])", r"\\binom"),
     (r"\\(?:mbox|textbf|textit|textrm|textup|textnormal|mathrm|mathbf|mathit|mathsf"
      r"|operatorname)(?![a-zA-Z])", r"\\text"),
-    (r"\\text\s*\{\s*(?:or|and)\s*\}", ","),                # x=1 \text{ or } x=2
+    (r",?\s*\\text\s*\{\s*(?:or|and)\s*\}\s*", ","),          # x=1 \text{ or } x=2; 19, 46, \text{ and } 82
+    (r"(?<=[\d})\]])\s*,?\s*\b(?:or|and)\s+(?=\S)", ","),        # 6 and 8, (7,11) or (11,7)
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", ""),
     (r"\\?%", ""),                                           # 50\% == 50
     (r"_\{(\d+)\}", r"_\1"),                                 # 204_{5} -> 204_5
@@ -108,21 +124,29 @@ _TRAILING_TEXT = re.compile(r"(?<=\S)\s*\\text\s*\{[^{}]*\}(?:\^\{?\d\}?)?\s*$")
 _TEXT = re.compile(r"\\text\s*\{([^{}]*)\}")
 _UNITS = re.compile(r"(?<=[\d}])\s*(?:units?|square\s+units|sq\s+units|cm|mm|km|meters?|"
                     r"inch|inches|ft|feet|foot|yards?|miles?|degrees?|dollars?|cents?|"
-                    r"seconds?|minutes?|hours?|days?|weeks?|years?|mph|pounds?|kg|grams?)"
+                    r"seconds?|minutes?|hours?|days?|weeks?|years?|mph|pounds?|kg|grams?|"
+                    r"percent|percentage|pct|ways|students|people|points|digits|integers)"
                     r"(?:\^\{?[23]\}?)?$")
-_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-_SQUEEZE = re.compile(r"(\\[a-zA-Z]+)?\s+(?=([a-zA-Z0-9])?)")
+_THOUSANDS = re.compile(r"[+-]?\d{1,3}(?:(?:,\d{3})+|(?: \d{3})+)(?:\.\d+)?")   # 1,000 / 1 000
+_SQUEEZE = re.compile(r"(\\[a-zA-Z]+)?\s+")
 _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _FRAC_RE = re.compile(r"([+-]?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
 _MIXED_RE = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _INEQ_RE = re.compile(r"(<=|>=|<|>|\\[lg]eq?(?:slant)?(?![a-zA-Z]))")
+# What may stand left of "=" as a mere name: x, a_3, f(x), |AB|, \theta, (p,q).
+_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+)?"
+_LHS_RE = re.compile(rf"\|?{_NAME}(?:\([a-zA-Z]\))?\|?|\((?:{_NAME},)+{_NAME}\)")
 
 
 def _squeeze(s: str) -> str:
     # Drop whitespace, but keep one space after a command followed by a
-    # letter/digit: "\pi r" must not become the unknown command "\pir".
-    return _SQUEEZE.sub(lambda m: (m.group(1) + " ") if m.group(1) and m.group(2)
-                        else (m.group(1) or ""), s)
+    # letter/digit ("\pi r" is not the unknown command "\pir") and between
+    # two digits ("1 2" is not 12; "1 000" was joined before).
+    def space(m):
+        cmd, after = m.group(1) or "", s[m.end():m.end() + 1]
+        keep = after.isalnum() and (cmd or s[m.start() - 1:m.start()].isdigit() and after.isdigit())
+        return cmd + " " if keep else cmd
+    return _SQUEEZE.sub(space, s)
 
 
 def _fmt(f: Fraction) -> str:
@@ -182,23 +206,40 @@ def normalize_answer(ans: str) -> str:
     return _normalize(s)
 
 
+def _strip_names(s: str) -> str:
+    """x = 5 -> 5; x = 1, x = 2 -> 1,2; n = 1, 2 -> 1,2; x = 5+6 = 11 -> 11.
+
+    A name is only a label when the right side is a value (y = 2x+3 stays an
+    equation) and names the whole answer: x = 1, y = 2 keeps its names, which
+    tell its values apart (so its items are normalised with top=False).
+    """
+    items = [_split_top(item, "=") for item in _split_top(s, ",")]
+    for parts in items:
+        if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]):
+            del parts[1:-1]                      # x = 5+6 = 11 -> x = 11
+    named = [len(p) == 2 and bool(_LHS_RE.fullmatch(p[0])) and not _has_letters(p[1]) for p in items]
+    if (all(named) and len({p[0] for p in items}) == 1) or (named[0] and all(len(p) == 1 for p in items[1:])):
+        items = [p[1:] if n else p for p, n in zip(items, named)]
+    return ",".join("=".join(p) for p in items)
+
+
 @functools.lru_cache(maxsize=1 << 15)
-def _normalize(s: str) -> str:
+def _normalize(s: str, top: bool = True) -> str:
     s = s.translate(_UNICODE)
     for pattern, repl in _SIMPLE_SUBS:
         s = pattern.sub(repl, s)
-    s = _SPACING.sub(lambda m: "\\\\" if m.group(1) == "\\" else " ", s).strip()
-    s = re.sub(r"(\\\.|\.)+$", "", s).strip()   # trailing full stop
+    s = _SPACING.sub(lambda m: {"\\": "\\\\", "!": ""}.get(m.group(1), " "), s).strip()  # \! is negative space
+    s = re.sub(r"(\\\.|[.,])+$", "", s).strip()  # trailing full stop or comma
     s = _TRAILING_TEXT.sub("", s)               # 5.4 \text{ cents} -> 5.4
     for _ in range(5):                          # \text{(B)} -> (B)
         s = _TEXT.sub(r"\1", s)
     s = _UNITS.sub("", s.strip()).strip()
     if _THOUSANDS.fullmatch(s):                  # before squeezing: "100, 200" is a list
-        s = s.replace(",", "")
+        s = s.replace(",", "").replace(" ", "")
     s = _squeeze(s)
     s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s)  # x \in [1,2] -> [1,2]
-    if s.count("=") == 1:                        # x = 5 / f(x) = 2x -> the right side
-        s = re.sub(r"^[a-zA-Z](?:_\w)?(?:\([a-zA-Z]\))?=", "", s)
+    if top:
+        s = _strip_names(s)
     s = _inequality_to_interval(s)
     s = re.sub(r"^\(([A-Za-z])\)$", r"\1", s)    # multiple choice: (B) -> B
     value = _as_fraction(s)
@@ -208,7 +249,7 @@ def _normalize(s: str) -> str:
 # ----------------------------------------------------------------------------
 # A small recursive-descent parser: whitelisted LaTeX -> sympy, never eval.
 _TOKEN_RE = re.compile(r"\s*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\\[a-zA-Z]+)|([a-zA-Z])"
-                       r"|([-+*/^()\[\]{}!]))")
+                       r"|(\*\*|[-+*/^()\[\]{}!]))")
 _FUNCS = {r"\sin": sympy.sin, r"\cos": sympy.cos, r"\tan": sympy.tan, r"\cot": sympy.cot,
           r"\sec": sympy.sec, r"\csc": sympy.csc, r"\arcsin": sympy.asin,
           r"\arccos": sympy.acos, r"\arctan": sympy.atan, r"\ln": sympy.log,
@@ -258,7 +299,8 @@ def _tokenize(s: str) -> list[str]:
             if s[pos:].isspace():
                 break
             raise ValueError(f"unexpected character {s[pos]!r}")
-        tokens.append(m.group(m.lastindex))
+        tok = m.group(m.lastindex)
+        tokens.append("^" if tok == "**" else tok)   # x**2, as in Python
         pos = m.end()
     return tokens
 
@@ -314,7 +356,14 @@ def _to_sympy(s: str):
                 take()
                 value = value / power()
             elif starts_atom(tok):               # implicit product: 2\sqrt{3}, 3x
-                value = value * power()
+                # ...but never of two written numbers ("2.5.3", "2^{3}4", "x2") nor of a
+                # number and a numeric fraction (1\frac{1}{2} is a mixed number): ambiguous.
+                if tok[0].isdigit() or tok[0] == ".":
+                    raise ValueError("two numbers side by side")
+                factor = power()
+                if tok == r"\frac" and factor.is_Rational and value.is_Rational:
+                    raise ValueError("mixed number inside an expression")
+                value = value * factor
             else:
                 break
         return value
@@ -404,6 +453,7 @@ def _parse(s: str):
 # ----------------------------------------------------------------------------
 # Comparing sympy values
 _BAD = (sympy.nan, sympy.zoo, sympy.oo, -sympy.oo)
+_MAXN = 300      # digits of working precision sympy may use to tell a difference from 0
 
 
 def _value(expr, point):
@@ -425,28 +475,36 @@ def _points(symbols, n=3):
              for s in symbols} for k in range(n)]
 
 
+def _is_zero(diff, point) -> bool:
+    """Is diff exactly 0 at the point? sympy's evalf raises its working precision
+    (up to _MAXN digits) until the 40 digits asked for are right, so a nonzero
+    difference, however tiny (sqrt(10^60+1) - 10^30 = 5e-31, or pi minus 35 of
+    its digits), comes back with correct digits; only a zero (or a difference
+    below ~10^-_MAXN relative to the terms) comes back with none ("0.e-1550").
+    A fixed tolerance would call such pairs equal."""
+    d = diff.evalf(40, subs=point, maxn=_MAXN) if point else diff.evalf(40, maxn=_MAXN)
+    return all(part == 0 or (part.is_Float and part._prec < 10)    # _prec: correct bits
+               for part in d.as_real_imag())
+
+
 def _sympy_equal(a, b) -> bool:
     if a == b:
         return True
     if a.has(*_BAD) or b.has(*_BAD):             # infinities: only structurally equal
         return False
+    if a.is_Rational and b.is_Rational:           # exact, and a != b
+        return False
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
-    if not symbols:
-        if a.is_Rational and b.is_Rational:       # exact, and a != b
-            return False
-        u, v = _value(a, None), _value(b, None)
-        return u is not None and v is not None and _near(u, v)
     if len(symbols) > 8:
         return False
-    checked = 0
-    for point in _points(symbols):
-        u, v = _value(a, point), _value(b, point)
-        if u is None or v is None:               # outside the domain: try another point
-            continue
-        if not _near(u, v):
+    diff, checked = a - b, 0
+    for point in _points(symbols) if symbols else [None]:
+        if _value(a, point) is None or _value(b, point) is None:
+            continue                              # outside the domain: try another point
+        if not _is_zero(diff, point):
             return False
         checked += 1
-    return checked >= 2
+    return checked >= (2 if symbols else 1)
 
 
 def _equations_equal(a: str, b: str) -> bool:
@@ -469,29 +527,6 @@ def _equations_equal(a: str, b: str) -> bool:
             and all(_near(r, ratios[0]) for r in ratios[1:]))
 
 
-@contextmanager
-def _time_limit(seconds: float):
-    # SIGALRM only works on the main thread (and we must not steal someone
-    # else's handler); elsewhere the up-front size checks in the parser bound the work.
-    usable = (threading.current_thread() is threading.main_thread()
-              and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None)
-              and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
-    if not usable:
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise TimeoutError("answer comparison took too long")
-
-    old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def _is_text(s: str) -> bool:
     # Words ("Monday", "even") must not be parsed as products of variables.
     return (s.isalpha() and len(s) > 1) or re.search(
@@ -503,12 +538,8 @@ def _scalar_equal(a: str, b: str) -> bool:
         return a.lower() == b.lower()
     if len(_INEQ_RE.split(a)) > 1 or len(_INEQ_RE.split(b)) > 1:
         return False                              # unconverted inequalities: strings only
-    try:
-        with _time_limit(TIME_LIMIT_S):
-            ea, eb = _parse(a), _parse(b)
-            return ea is not None and eb is not None and _sympy_equal(ea, eb)
-    except Exception:                             # incl. TimeoutError: no verdict -> differ
-        return False
+    ea, eb = _parse(a), _parse(b)
+    return ea is not None and eb is not None and _sympy_equal(ea, eb)
 
 
 # ----------------------------------------------------------------------------
@@ -572,6 +603,8 @@ def _shape(s: str):
         return "matrix", rows
     if s.startswith("\\{") and s.endswith("\\}") and _wrapped(s):
         return "set", _expand_pm(_split_top(s[2:-2], ","))
+    if s.startswith("{") and _wrapped(s):        # {1,2}: a set written without backslashes
+        return "set", _expand_pm(_split_top(s[1:-1], ","))
     for sep in ("\\cup", ","):
         parts = _split_top(s, sep)
         if len(parts) > 1:
@@ -614,12 +647,16 @@ def _equiv_norm(a: str, b: str) -> bool:
 @functools.lru_cache(maxsize=1 << 15)
 def _equiv_cached(a: str, b: str) -> bool:
     (ka, pa), (kb, pb) = _shape(a), _shape(b)
-    norm = lambda items: [normalize_answer(x) for x in items[:MAX_ITEMS + 1]]
+    norm = lambda items: [_normalize(x.strip(), top=False) for x in items[:MAX_ITEMS + 1]]
     if ka != kb:      # a one-element set {5} equals its element 5
         if ka == "set" and len(pa) == 1:
             return _equiv_norm(normalize_answer(pa[0]), b)
         if kb == "set" and len(pb) == 1:
             return _equiv_norm(a, normalize_answer(pb[0]))
+        if "eq" in (ka, kb):   # y = 2x+3 vs 2x+3: a name on the left is only a label
+            eq, other = (a, b) if ka == "eq" else (b, a)
+            lhs, rhs = _split_top(eq, "=")
+            return bool(_LHS_RE.fullmatch(lhs)) and _equiv_norm(normalize_answer(rhs), other)
         return False
     if ka == "set":
         return len(pa) <= MAX_ITEMS and _match_unordered(norm(pa), norm(pb))
@@ -633,12 +670,130 @@ def _equiv_cached(a: str, b: str) -> bool:
                 and all(_equiv_norm(x, y) for ra, rb in zip(pa, pb)
                         for x, y in zip(norm(ra), norm(rb))))
     if ka == "eq":
-        try:
-            with _time_limit(TIME_LIMIT_S):
-                return _equations_equal(a, b)
-        except Exception:
-            return False
+        return _equations_equal(a, b)
     return _scalar_equal(a, b)
+
+
+# ----------------------------------------------------------------------------
+# The hard time cap. Everything above that needs sympy runs in a worker process
+# (`python rewards.py --serve`, JSON lines over pipes) that is killed when a
+# comparison overruns, and started again on the next one. Unlike a SIGALRM
+# timer this works from any thread and stops even C code; the size bounds in
+# the parser keep overruns rare. The parent keeps the fast paths: equal
+# normalised strings, and two plain numbers (canonical, so equal iff identical).
+_idle: list[subprocess.Popen] = []      # started workers waiting for work
+_idle_lock = threading.Lock()
+_verdicts: dict[tuple[str, str], bool] = {}
+_fallback_warned = False
+
+
+def _start_worker() -> subprocess.Popen:
+    """A fresh worker (~1 s: it imports sympy). OSError if none can be started here,
+    TimeoutError (an OSError too) if it does not come up."""
+    if not sys.executable:
+        raise OSError("no Python executable to start a worker with")
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, encoding="utf-8")
+    if not select.select([proc.stdout], [], [], 30)[0] or proc.stdout.readline() != "ready\n":
+        _kill(proc)
+        raise TimeoutError("the grader worker did not start")
+    return proc
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        try:
+            pipe.close()
+        except OSError:                  # unflushed input to a dead process
+            pass
+
+
+def _in_worker(a: str, b: str, seconds: float) -> bool:
+    """_equiv_norm(a, b) in a worker process; TimeoutError after `seconds`."""
+    with _idle_lock:
+        proc = _idle.pop() if _idle else None
+    if proc is not None and proc.poll() is not None:   # it died while idle (OOM killer...)
+        _kill(proc)
+        proc = None
+    proc = proc or _start_worker()
+    try:
+        proc.stdin.write(json.dumps([a, b, seconds]) + "\n")
+        proc.stdin.flush()
+        done = select.select([proc.stdout], [], [], seconds)[0]
+        reply = proc.stdout.readline() if done else "took too long"
+    except OSError:                                  # a broken pipe: it died
+        reply = ""
+    except BaseException:                            # e.g. KeyboardInterrupt: don't leave it running
+        _kill(proc)
+        raise
+    if reply not in ("0\n", "1\n"):                # overran, or died (e.g. by its own alarm)
+        _kill(proc)
+        raise TimeoutError(f"grader worker: {reply or 'died'}")
+    with _idle_lock:
+        _idle.append(proc)
+    return reply == "1\n"
+
+
+@atexit.register
+def _stop_workers() -> None:
+    with _idle_lock:
+        while _idle:
+            _kill(_idle.pop())
+
+
+def _forget_workers() -> None:
+    global _idle_lock                    # a forked child must not use its parent's workers
+    _idle_lock = threading.Lock()
+    _idle.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers)
+
+
+def _serve() -> None:
+    """The worker's loop: one [a, b, seconds] request per line, "1"/"0" back."""
+    print("ready", flush=True)
+    for line in sys.stdin:
+        a, b, seconds = json.loads(line)
+        # Backstop: if the parent could not kill us, SIGALRM's default action does.
+        signal.setitimer(signal.ITIMER_REAL, seconds + 5)
+        verdict = _equiv_norm(a, b)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print(int(verdict), flush=True)
+
+
+def _equal(a: str, b: str, deadline: float) -> bool:
+    """Equivalence of two normalised answers, giving up (False) at `deadline`."""
+    global _fallback_warned
+    if a == b:
+        return True
+    if not a or not b or len(a) > MAX_STRUCT_LEN or len(b) > MAX_STRUCT_LEN:
+        return False
+    if _as_fraction(a) is not None and _as_fraction(b) is not None:
+        return False                               # distinct canonical numbers
+    key = (min(a, b), max(a, b))
+    if key not in _verdicts:
+        seconds = deadline - time.monotonic()
+        if seconds <= 0:
+            return False
+        try:
+            verdict = _in_worker(*key, seconds)
+        except TimeoutError:                       # no verdict -> differ (not cached:
+            return False                           # it may have been the machine's load)
+        except OSError:                            # no subprocesses here: compare in-process,
+            if not _fallback_warned:               # bounded by the parser's size limits only
+                _fallback_warned = True
+                print("rewards: no grader worker process; comparing without a time cap",
+                      file=sys.stderr)
+            verdict = _equiv_norm(*key)
+        if len(_verdicts) > 1 << 16:
+            _verdicts.clear()
+        _verdicts[key] = verdict
+    return _verdicts[key]
 
 
 # ----------------------------------------------------------------------------
@@ -647,7 +802,7 @@ def is_equiv(a: str, b: str) -> bool:
     """Are two answer strings mathematically the same? Never raises."""
     try:
         na, nb = normalize_answer(a), normalize_answer(b)
-        return bool(na) and bool(nb) and _equiv_norm(na, nb)
+        return bool(na) and bool(nb) and _equal(na, nb, time.monotonic() + TIME_LIMIT_S)
     except Exception:       # RecursionError, MemoryError-free pathological input...
         return False
 
@@ -665,6 +820,7 @@ def vote_classes(answers: list[str | None]) -> list[int | None]:
     each distinct form once; a new form joins the first class whose first
     member it is equivalent to. Ids are numbered in order of first appearance.
     """
+    deadline = time.monotonic() + TIME_LIMIT_S    # one cap for the whole group
     ids: list[int | None] = []
     by_norm: dict[str, int] = {}
     reps: list[str] = []            # normalised first member of each class
@@ -677,7 +833,7 @@ def vote_classes(answers: list[str | None]) -> list[int | None]:
             ids.append(None)
             continue
         if norm not in by_norm:
-            cid = next((i for i, rep in enumerate(reps) if _equiv_norm(norm, rep)), None)
+            cid = next((i for i, rep in enumerate(reps) if _equal(norm, rep, deadline)), None)
             if cid is None:
                 cid = len(reps)
                 reps.append(norm)
@@ -765,3 +921,58 @@ def srt_reward(prompts, completions, **kwargs) -> list[float]:
         for i, r in zip(idx, self_rewards([rows[i][1] for i in idx])):
             rewards[i] = r
     return rewards[offset:offset + len(mine)]
+
+
+# ----------------------------------------------------------------------------
+# Speed (bench.py calls this)
+def _bench_group(kind: str, k: int) -> list[str]:
+    """A realistic group of 32 answers; k varies the strings so caches never help."""
+    if kind == "same":                 # a settled prompt: every sample agrees
+        return [str(1000 + k)] * 32
+    if kind == "numeric":              # one value in many notations, plus wrong numbers
+        a, b = 2 * k + 1, 4 * k + 4
+        right = [f"\\frac{{{a}}}{{{b}}}", f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"{a / b}",
+                 f"\\frac{{{2 * a}}}{{{2 * b}}}", f"\\left({a}/{b}\\right)", f"\\tfrac{{{a}}}{{{b}}}"]
+        return (right * 3 + [str(n + k) for n in range(11)])[:32]
+    p = (3, 5, 7, 11, 13, 17, 19, 23)[k % 8]   # "symbolic": one surd written many ways
+    right = [f"\\frac{{\\sqrt{{{p}}}}}{{{p}}}", f"\\frac{{1}}{{\\sqrt{{{p}}}}}", f"\\sqrt{{{p}}}/{p}",
+             f"{p}^{{-1/2}}", f"\\frac{{2\\sqrt{{{p}}}}}{{{2 * p}}}", f"\\frac{{\\sqrt{{{4 * p}}}}}{{{2 * p}}}"]
+    wrong = [f"\\sqrt{{{p}}}", f"\\frac{{\\sqrt{{{p}}}}}{{2}}", f"\\frac{{{p}}}{{\\sqrt{{2}}}}",
+             f"\\frac{{\\pi}}{{{p}}}", f"{p}x", f"\\sqrt{{{p}}}+1", f"\\frac{{{p}}}{{4}}"]
+    return (right * 3 + wrong * 2)[:32]
+
+
+def bench_grader() -> dict:
+    """Grader speed on 32-answer groups with cold caches (a few seconds).
+
+    vote32_ms_<mix>: one majority_vote over 32 answers: "same" (all one string),
+    "numeric" (one value in 7 notations + 11 wrong numbers), "symbolic" (one surd
+    in 6 forms + 7 wrong expressions); vote32_ms: their mean. answers_per_s:
+    grade(response, gold) calls per second over the same three mixes.
+    worker_start_ms: starting the sympy worker process (once per process).
+    """
+    _stop_workers()
+    t = time.perf_counter()
+    is_equiv("x+1", "1+x")                       # starts a worker
+    out = {"worker_start_ms": 1000 * (time.perf_counter() - t)}
+    _verdicts.clear()
+    for cache in (_normalize, _parse, _equiv_cached):
+        cache.cache_clear()
+    mixes = ("same", "numeric", "symbolic")
+    for kind in mixes:
+        group = _bench_group(kind, 1)
+        t = time.perf_counter()
+        majority_vote(group)
+        out[f"vote32_ms_{kind}"] = 1000 * (time.perf_counter() - t)
+    out["vote32_ms"] = sum(out[f"vote32_ms_{kind}"] for kind in mixes) / len(mixes)
+    pairs = [(f"so the answer is $\\boxed{{{ans}}}$.", group[0])
+             for kind in mixes for group in [_bench_group(kind, 2)] for ans in group]
+    t = time.perf_counter()
+    for response, gold in pairs:
+        grade(response, gold)
+    out["answers_per_s"] = len(pairs) / (time.perf_counter() - t)
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:
+    _serve()
