@@ -342,11 +342,15 @@ def label_and_reward(answers, fixed, mode, shape="binary", min_share=0.0):
     label = maj if mode == "majority" else fixed         # <- the one line that makes it self-rewarded
     if mode == "majority" and count / len(answers) < min_share:
         label = None                                     # not confident enough to be trusted as a label
+    classes = vote_classes(answers)                      # equivalent answers share a class, as in the vote
     if label is not None and shape == "soft":
-        classes = vote_classes(answers)                  # equivalent answers share a class, as in the vote
         return label, [classes.count(c) / len(answers) if c is not None else 0.0 for c in classes], maj, count
-    rewards = [float(a is not None and label is not None and is_equiv(a, label)) for a in answers]
-    return label, rewards, maj, count
+    first = {}
+    for a, c in zip(answers, classes):
+        first.setdefault(c, a)
+    # one comparison per distinct answer, not per response: each costs up to the grader's time cap
+    agrees = {c: c is not None and label is not None and is_equiv(a, label) for c, a in first.items()}
+    return label, [float(agrees[c]) for c in classes], maj, count
 
 
 def kl_estimate(logp, ref_logp, estimator):
@@ -823,7 +827,7 @@ def main(cfg):
             gold = rows[i].get("answer")
             if gold is not None:  # hidden from training in SRT mode; used for logging only
                 m["label_acc"].append(float(label is not None and is_equiv(label, gold)))
-                true_r = [float(a is not None and is_equiv(a, gold)) for a in group]
+                true_r = label_and_reward(group, gold, "gold")[1]
                 m["reward_acc"].append(sum(x == y for x, y in zip(r, true_r)) / n)
         R = torch.tensor(rewards)                                            # [B, k]
         # A prompt with no label (no parseable answer, or below min_majority_share) is left out of the loss.
