@@ -804,6 +804,8 @@ def main(cfg):
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="SRT" if cfg.label == "majority" else "RL")
     for step in bar:
         t0 = time.time()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         # 1. sample B prompts
         batch = batch_indices(step, len(rows), cfg.prompts_per_step, cfg.seed)
         # 2. roll out n responses per prompt from the current policy (n voters, k of them train)
@@ -877,6 +879,7 @@ def main(cfg):
             **stats, "lr": cfg.lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
             "tok_per_s": gen_tokens / (t1 - t0),
             "mfu": flops / (t3 - t0) / cfg.peak_flops if device.type == "cuda" else None,
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         }
         log_row(cfg, "metrics.jsonl", metrics, wb)
         bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("pseudo_reward", "reward", "maj_share", "label_acc",
