@@ -87,10 +87,11 @@ def our_steps(args, out_dir):
         "--samples_per_prompt", str(n), "--max_new_tokens", str(args.max_new_tokens), "--gen_chunk", str(B * n),
         "--micro_batch", str(args.micro_batch), "--eval_limit", "1", "--eval_samples", "1", "--eval_every", "0",
         "--save_every", str(10 ** 9), "--out_dir", out_dir])
-    log = {"rollout": [], "update": [], "packed": []}
+    log = {"rollout": [], "update": [], "grads_at_rollout": []}
 
     def timed_rollout(fn):
         def f(*a, **k):
+            log["grads_at_rollout"].append(any(p.grad is not None for p in a[0].parameters()))
             t0 = clock()
             outs = fn(*a, **k)
             log["rollout"].append((t0, clock(), sum(len(o.completion_ids) for o in outs)))
@@ -407,6 +408,7 @@ def main():
     print(f"6. generated tokens/s: {gen_tokens / t_roll:.0f} | share of a step: rollout {t_roll / step_cpu:.0%}, "
           f"reward {t_reward / step_cpu:.0%}, update {t_update / step_cpu:.0%} "
           f"({step_cpu / args.steps:.2f} s per step, {n_params / 1e6:.2f}M parameters)")
+    print(f"   gradients still allocated when a rollout starts: {any(log['grads_at_rollout'])} (goal False)")
     print("   grader: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in grader.items()))
     print(f"bench took {time.time() - t_start:.0f} s wall")
 
