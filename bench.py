@@ -10,8 +10,8 @@ oversubscription do not skew a ratio. The rows, each printed with the issue's go
      samples, lengths, micro-batches, one optimizer step per rollout batch (TRL is optional: pip install trl)
   2. rollout overhead: model.rollout against one bare model.generate on the same batch
   3. update overhead: selftrain.update against a bare forward+backward over the same micro-batches
-  4. log-prob memory: peak heap memory (RssAnon) of our log-prob + loss + backward against a full log-softmax, vocabulary
-     151,936 (Qwen2.5's), sequences of 1,024 tokens, one fresh subprocess per variant
+  4. log-prob memory: peak heap memory (RssAnon) of our log-prob + loss + backward against a full
+     log-softmax, vocabulary 151,936 (Qwen2.5's), sequences of 1,024 tokens, a fresh subprocess per variant
   5. zero-signal work: tokens trained on groups whose advantages are all zero (unanimous or unlabelled)
   6. generated tokens/s, the share of a step in rollout / reward / update, and the grader's throughput
 The loop is observed, never re-implemented: the module's rollout, update and pack are wrapped while
