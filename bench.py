@@ -420,7 +420,7 @@ def main():
         f"{zero_groups}/{groups} groups all-zero advantage in the run; backward FLOPs on them "
         f"~{4 * n_params * trained_zero:.2g} (kl_coef {cfg.kl_coef:g}: with kl_coef > 0 they train for the KL term)")
     row("   ... converged step (half unanimous)", f"{conv_tokens}", "0", conv_tokens == 0,
-        f"{conv_zero}/{conv_groups} groups zeroed; {conv_all} tokens trained, all on groups with signal")
+        f"{conv_zero}/{conv_groups} groups with all-zero advantages; {conv_all} tokens trained in all")
     step_cpu = t_roll + t_reward + t_update
     print(f"6. generated tokens/s: {gen_tokens / t_roll:.0f} | share of a step: rollout {t_roll / step_cpu:.0%}, "
           f"reward {t_reward / step_cpu:.0%}, update {t_update / step_cpu:.0%} "
