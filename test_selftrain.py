@@ -1250,3 +1250,36 @@ def test_grader_without_subprocesses_compares_in_process(monkeypatch, capfd):
     monkeypatch.setattr(rewards, "_fallback_warned", False)
     assert is_equiv("\\frac{\\sqrt{7}}{7}", "\\frac{1}{\\sqrt{7}}") and not is_equiv("\\sqrt{7}", "7")
     assert "without a time cap" in capfd.readouterr().err
+
+# ------------------------------------------------------------------------------------ issue 5: bench.py
+
+def test_bench_baselines_compute_the_same_thing_and_zero_signal_work_is_counted(tiny):
+    """bench.py's ratios mean something only if (a) its naive log-prob baseline computes the same log-probs
+    and gradient as our chunked path, and (b) its zero-signal count sees what update really trains: no
+    token of an all-zero-advantage group when kl_coef = 0, and exactly their tokens when a KL term gives
+    them a gradient (so a regression that trains them again would show up as nonzero work)."""
+    import bench
+    _, tok = tiny
+    model, ref = tiny_model(tok, seed=0), tiny_model(tok, seed=1).eval()
+    outs = make_rollouts(tok, ["1+1", "1+1", "2+2", "2+2", "3+3", "3+3", "44+44", "44+44"],
+                         ["\\boxed{2}", "\\boxed{2}", "2+2+0=04\n\\boxed{4}", "\\boxed{5}", "\\boxed{6}",
+                          "x\\boxed{6}", "4+4+0=08\n\\boxed{88}", "\\boxed{9}"])
+    ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
+    results = []
+    for variant in ("ours", "naive"):
+        model.zero_grad(set_to_none=True)
+        logp = bench.logprob_loss_backward(model, ids, attn, comp, mask, variant, temperature=1.3)
+        results.append((logp.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-6, rtol=1e-4)
+
+    adv = torch.tensor([0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 1.0, -1.0])  # groups 0 and 2 (of 2 samples) unanimous
+    zero_tokens = sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs[0:2] + outs[4:6])
+    for ref_model, kl, expected in ((None, 0.0, 0), (ref, 0.1, zero_tokens)):
+        packed = []
+        with bench.record_packed(packed):
+            selftrain.update(model, ref_model, torch.optim.SGD(model.parameters(), lr=0.0), outs, adv,
+                             Config(micro_batch=3, kl_coef=kl), torch.device("cpu"), False, tok.pad_token_id)
+        assert bench.zero_signal(outs, adv, packed, 2) == (2, 4, expected)
+        assert {id(o) for o in outs[2:4] + outs[6:8]} <= {id(o) for o in packed}  # groups with signal train
+    assert selftrain.pack is pack  # the wrapper is removed afterwards
