@@ -837,7 +837,7 @@ def test_entropy_bonus_raises_entropy():
             return ((completion_logprobs(model, ids, attn, comp, mask)[1] * mask).sum() / mask.sum()).item()
 
     before, adv, cpu = entropy(), torch.zeros(4), torch.device("cpu")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0), cpu, False, tok.pad_token_id)
     assert st["trained_seqs"] == 0 and entropy() == before   # A = 0 and no bonus: nothing to learn
     st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0, entropy_coef=1.0), cpu, False,
