@@ -145,7 +145,8 @@ def trl_steps(args, cfg, problems):
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=B * n // cfg.micro_batch,  # one generation and one optimizer step per B*n
         num_generations=n, max_completion_length=cfg.max_new_tokens, temperature=cfg.temperature,
-        top_p=cfg.top_p, top_k=0, beta=cfg.kl_coef, epsilon=cfg.clip_eps, learning_rate=cfg.lr,
+        top_p=cfg.top_p, top_k=0, beta=cfg.kl_coef, epsilon=cfg.clip_eps_low, epsilon_high=cfg.clip_eps_high,
+        learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay, max_grad_norm=cfg.grad_clip, lr_scheduler_type="constant",
         loss_type="dapo",  # token-mean over the whole step, as ours
         scale_rewards="group" if cfg.advantage == "grpo" else "none", shuffle_dataset=False,
