@@ -24,7 +24,8 @@ FIGS = os.path.join(ROOT, "figures")
 
 # The testbed's own start policy (tiny_warmup): greedy 0.8 on validation, but ~0.36 of samples right at
 # temperature 1, like the paper's base models, which solve 15-30% of their test problems.
-BASE = ["--tiny", "--steps", "200", "--eval_every", "25", "--save_every", "50"]
+BASE = ["--tiny", "--eval_every", "25", "--save_every", "50"]
+STEPS = ["--steps", "200"]
 SEEDS = (0, 1, 2)
 SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at other rates
 SWEEP = ("1e-5", "2e-5", "4e-5")
@@ -33,13 +34,13 @@ COLLAPSE_STEPS = 100
 
 RUNS = {}
 for s in SEEDS:                                    # claims 1-3: SRT against RL with gold labels, 3 seeds
-    RUNS[f"srt-s{s}"] = BASE + ["--lr", SRT_LR, "--seed", str(s)]
-    RUNS[f"gold-s{s}"] = BASE + ["--lr", GOLD_LR, "--seed", str(s), "--label", "gold"]
+    RUNS[f"srt-s{s}"] = BASE + STEPS + ["--lr", SRT_LR, "--seed", str(s)]
+    RUNS[f"gold-s{s}"] = BASE + STEPS + ["--lr", GOLD_LR, "--seed", str(s), "--label", "gold"]
 for lr in SWEEP:                                   # claim 2: a small learning-rate sweep for each, seed 0
     if lr != SRT_LR:
-        RUNS[f"srt-lr{lr}"] = BASE + ["--lr", lr]
+        RUNS[f"srt-lr{lr}"] = BASE + STEPS + ["--lr", lr]
     if lr != GOLD_LR:
-        RUNS[f"gold-lr{lr}"] = BASE + ["--lr", lr, "--label", "gold"]
+        RUNS[f"gold-lr{lr}"] = BASE + STEPS + ["--lr", lr, "--label", "gold"]
 # claim 4: collapse; claim 5: each mitigation at the same aggressive rate, for 3x as many steps
 RUNS["collapse"] = BASE + COLLAPSE + ["--steps", str(COLLAPSE_STEPS)]
 LONG = BASE + COLLAPSE + ["--steps", str(3 * COLLAPSE_STEPS)]
@@ -49,10 +50,10 @@ RUNS["offline-labels"] = LONG + ["--label", "offline"]
 RUNS["curriculum"] = LONG + ["--curriculum", "0.33"]
 RUNS["online-filter"] = LONG + ["--filter_share", "0.6"]
 # claim 6: the evolving teacher against a fixed one, at the SRT rate
-RUNS["offline-s0"] = BASE + ["--lr", SRT_LR, "--label", "offline"]
+RUNS["offline-s0"] = BASE + STEPS + ["--lr", SRT_LR, "--label", "offline"]
 # TTRL's variants: votes from more samples than are trained on; test-time training on the eval set
-RUNS["ttrl-votes"] = BASE + ["--lr", SRT_LR, "--samples_per_prompt", "8", "--votes_per_prompt", "16"]
-RUNS["ttt"] = BASE + ["--lr", SRT_LR, "--ttt"]
+RUNS["ttrl-votes"] = BASE + STEPS + ["--lr", SRT_LR, "--samples_per_prompt", "8", "--votes_per_prompt", "16"]
+RUNS["ttt"] = BASE + STEPS + ["--lr", SRT_LR, "--ttt"]
 
 
 def command(name):
@@ -207,7 +208,8 @@ def figures(r):
             ax.set_title(label)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-        axes.flat[0].legend(fontsize=8)
+        if axes.flat[0].get_legend_handles_labels()[0]:
+            axes.flat[0].legend(fontsize=8)
         fig.suptitle(title)
         fig.tight_layout()
         fig.savefig(path, dpi=80)
