@@ -187,12 +187,13 @@ def figures(r):
     import matplotlib.pyplot as plt
     os.makedirs(FIGS, exist_ok=True)
     panels = [("held-out avg@8", "eval", "avg"), ("held-out maj@8", "eval", "maj"),
-              ("pseudo-reward", "metrics", "pseudo_reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
+              ("pseudo-reward (gold runs: true reward)", "metrics", "pseudo_reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
               ("KL to start model", "metrics", "kl"), ("entropy", "metrics", "entropy")]
 
     def plot(groups, path, title):
         fig, axes = plt.subplots(2, 3, figsize=(13, 7))
         for ax, (label, src, key) in zip(axes.flat, panels):
+            drawn = False
             for name, style in groups:
                 if not r.get(name):
                     continue
@@ -205,6 +206,10 @@ def figures(r):
                     if src == "metrics":                    # per-step metrics are noisy: a running mean of 5
                         ys = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
                     ax.plot(xs, ys, label=name, **style)
+                    drawn = True
+            if not drawn:
+                ax.text(0.5, 0.5, "not logged in these runs\n(kl: only with --kl_coef > 0)", ha="center",
+                        va="center", transform=ax.transAxes, color="gray")
             ax.set_title(label)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
