@@ -1283,3 +1283,27 @@ def test_bench_baselines_compute_the_same_thing_and_zero_signal_work_is_counted(
         assert bench.zero_signal(outs, adv, packed, 2) == (2, 4, expected)
         assert {id(o) for o in outs[2:4] + outs[6:8]} <= {id(o) for o in packed}  # groups with signal train
     assert selftrain.pack is pack  # the wrapper is removed afterwards
+
+
+def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
+    import miniature
+    monkeypatch.setattr(miniature, "OUT", str(tmp_path))
+
+    def fake(name, avgs, majs, pseudo):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "done.json").write_text(json.dumps({"flags": miniature.RUNS[name], "seconds": 60}))
+        (d / "eval.jsonl").write_text("".join(json.dumps({"step": 25 * i, "tiny": {"avg": a, "maj": m}}) + "\n"
+                                              for i, (a, m) in enumerate(zip(avgs, majs))))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "pseudo_reward": p, "same_answer": p})
+                                                 + "\n" for s, p in enumerate(pseudo)))
+
+    fake("srt-s0", [0.3, 0.5, 0.45], [0.6, 0.8, 0.7], [0.5] * 12)
+    fake("gold-s0", [0.3, 0.4, 0.6], [0.6, 0.7, 0.8], [0.5] * 12)
+    fake("collapse", [0.3, 0.2, 0.05], [0.6, 0.5, 0.1], [0.5] * 6 + [0.99] * 6)
+    rows, _ = miniature.claims()
+    verdict = {r[0][:1]: (r[2], r[3]) for r in rows}
+    assert verdict["1"] == ("+20.0 pts (1 seeds)", True)           # the peak gain, not the last value
+    assert verdict["2"][1] is False and verdict["2"][0].startswith("0.67")  # SRT +20 / gold +30 < 0.75
+    assert verdict["3"][1] is True and verdict["4"][1] is True and "pseudo_reward (step 7)" in verdict["4"][0]
+    assert verdict["6"] == ("not run", False)
