@@ -213,7 +213,8 @@ def parse_config(argv=None):
 
 def check_config(cfg):
     """Stop before any model is loaded when the ablation knobs are misspelt or contradict each other."""
-    choices = {"advantage": ("rloo", "grpo", "drgrpo"), "reward_shape": ("binary", "soft"),
+    choices = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
+               "reward_shape": ("binary", "soft"),
                "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
                "loss_agg": ("token-mean", "seq-mean", "constant")}
     for name, ok in choices.items():
