@@ -729,7 +729,7 @@ def test_every_knob_is_documented_in_help_and_readme():
         assert f"`--{k}" in table, k
     with pytest.raises(SystemExit, match="--loss_agg mean: expected one of token-mean"):
         selftrain.check_config(Config(loss_agg="mean"))
-    with pytest.raises(SystemExit, match="--label golden: expected one of majority | gold | offline"):
+    with pytest.raises(SystemExit, match=r"--label golden: expected one of majority \| gold \| offline"):
         selftrain.check_config(Config(label="golden"))    # a typo must not silently train on gold labels
 
 
