@@ -138,7 +138,7 @@ def claims():
         hacked = max(x["pseudo_reward"] for x in me) > 0.85 and ev[-1]["avg"] <= 0.1
         rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1",
                      f"pseudo-reward max {max(x['pseudo_reward'] for x in me):.2f}, avg@8 {ev[0]['avg']:.2f} → "
-                     f"{ev[-1]['avg']:.2f}, one answer for {100 * me[-1].get('same_answer', 0):.0f}% of prompts"
+                     f"{ev[-1]['avg']:.2f}, one answer for up to {100 * max(x.get('same_answer', 0) for x in me):.0f}% of a step's prompts"
                      f"; first to move: {first_mover(me)}", hacked))
     else:
         rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1", "not run", False))
