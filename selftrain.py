@@ -242,7 +242,8 @@ def load_train_rows(cfg):
                 for r in rows]
     if cfg.train_data == "tiny":
         from model import tiny_task
-        return tiny_task(2000, seed=cfg.seed + 1, exclude={r["problem"] for r in evaluation.tiny_heldout()})
+        held_out = evaluation.tiny_heldout() + evaluation.load_eval_sets("tiny-val")["tiny-val"]
+        return tiny_task(2000, seed=cfg.seed + 1, exclude={r["problem"] for r in held_out})
     return evaluation.load_rows(cfg.train_data, cfg.train_config, cfg.train_split, cfg.problem_field,
                                 cfg.answer_field, need_answer=cfg.label == "gold")
 
@@ -755,7 +756,10 @@ def main(cfg):
     evals = {}  # step -> held-out results of this process
 
     def run_eval(step):
-        with oom_hint("generation", cfg):
+        # Its own random stream, the same at every eval: evals never shift the training draws (a run with
+        # more evals trains identically), and every run of a seed samples its step-0 eval identically.
+        with oom_hint("generation", cfg), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed + 12_345)
             results = evaluation.evaluate_sets(model, tokenizer, {**eval_sets, **val_sets}, k=cfg.eval_samples,
                                                max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                                chunk=cfg.gen_chunk, amp=amp, max_prompt_tokens=cfg.max_prompt_tokens)

@@ -327,6 +327,22 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
     assert tok(INSTRUCTION).input_ids == tiny_tokenizer()(INSTRUCTION).input_ids
 
 
+def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path, monkeypatch):
+    # Evals sample from their own stream: more evals must not change what training draws, and SRT and
+    # gold runs of one seed must score the same start model identically (else the start rows differ).
+    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(8, seed=evaluation.TINY_EVAL_SEED))
+    few, many = run(tmp_path, "few", steps=2, eval_every=0), run(tmp_path, "many", steps=2, eval_every=1)
+    gold = run(tmp_path, "gold", steps=1, label="gold")
+    for cfg in (few, many, gold):
+        selftrain.main(cfg)
+    drop = ("rollout_s", "reward_s", "update_s", "tok_per_s", "mfu")
+    strip = lambda rows: [{k: v for k, v in m.items() if k not in drop} for m in rows]
+    assert strip(metrics(few)) == strip(metrics(many))
+    evals = lambda cfg: [json.loads(l) for l in open(os.path.join(cfg.out_dir, "eval.jsonl"))]
+    assert [e["step"] for e in evals(many)] == [0, 1, 2]
+    assert evals(gold)[0] == evals(many)[0] == evals(few)[0]
+
+
 def test_gold_label_run_logs_true_rewards(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(8, seed=evaluation.TINY_EVAL_SEED))
     cfg = run(tmp_path, "gold", label="gold", steps=2)
