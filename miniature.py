@@ -12,6 +12,7 @@ matplotlib is needed for the figures only.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -24,13 +25,16 @@ FIGS = os.path.join(ROOT, "figures")
 
 # The testbed's own start policy (tiny_warmup): greedy 0.8 on validation, but ~0.36 of samples right at
 # temperature 1, like the paper's base models, which solve 15-30% of their test problems.
-BASE = ["--tiny", "--eval_every", "25", "--save_every", "50"]
-STEPS = ["--steps", "200"]
+BASE = ["--tiny", "--save_every", "50"]
+STEPS = ["--steps", "60", "--eval_every", "20"]
 SEEDS = (0, 1, 2)
-SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at other rates
-SWEEP = ("1e-5", "2e-5", "4e-5")
-COLLAPSE = ["--lr", "3e-4", "--kl_coef", "0.001"]  # aggressive SRT (paper §4.1.1: prolonged or fast SRT hacks)
-COLLAPSE_STEPS = 100
+SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at another rate
+SWEEP = ("2e-5", "4e-5")
+TEACHER = ["--teacher_samples", "8"]     # the fixed teacher votes with 8 samples per prompt, like maj@8
+# Too fast a rate for SRT (paper §4.1.1: prolonged training hacks the self-consistency reward; a high
+# rate gets there in minutes). COLLAPSE_LR drifts; FAST_LR breaks the policy within a few steps.
+COLLAPSE_LR, COLLAPSE_STEPS, FAST_LR = "1e-4", 40, "3e-4"
+KL = ["--kl_coef", "0.001"]
 
 RUNS = {}
 for s in SEEDS:                                    # claims 1-3: SRT against RL with gold labels, 3 seeds
@@ -41,37 +45,51 @@ for lr in SWEEP:                                   # claim 2: a small learning-r
         RUNS[f"srt-lr{lr}"] = BASE + STEPS + ["--lr", lr]
     if lr != GOLD_LR:
         RUNS[f"gold-lr{lr}"] = BASE + STEPS + ["--lr", lr, "--label", "gold"]
-# claim 4: collapse; claim 5: each mitigation at the same aggressive rate, for 3x as many steps
-RUNS["collapse"] = BASE + COLLAPSE + ["--steps", str(COLLAPSE_STEPS)]
-LONG = BASE + COLLAPSE + ["--steps", str(3 * COLLAPSE_STEPS)]
-RUNS["early-stop"] = LONG + ["--early_stop", "2", "--val_data", "tiny-val"]
-RUNS["alarm"] = LONG + ["--collapse_alarm", "0.5"]
-RUNS["offline-labels"] = LONG + ["--label", "offline"]
-RUNS["curriculum"] = LONG + ["--curriculum", "0.33"]
-RUNS["online-filter"] = LONG + ["--filter_share", "0.6"]
+# claim 4: collapse; claim 5: each mitigation at the same rate, for 3x as many steps
+RUNS["collapse"] = BASE + KL + ["--eval_every", "10", "--lr", COLLAPSE_LR, "--steps", str(COLLAPSE_STEPS)]
+RUNS["collapse-fast"] = BASE + KL + ["--eval_every", "10", "--lr", FAST_LR, "--steps", "30"]
+LONG = BASE + KL + ["--eval_every", "20", "--lr", COLLAPSE_LR, "--steps", str(3 * COLLAPSE_STEPS)]
+MITIGATIONS = {"early-stop": ["--early_stop", "2", "--val_data", "tiny-val"], "alarm": ["--collapse_alarm", "0.5"],
+               "offline-labels": ["--label", "offline"] + TEACHER, "curriculum": ["--curriculum", "0.33"] + TEACHER,
+               "online-filter": ["--filter_share", "0.6"]}
+for name, flags in MITIGATIONS.items():
+    RUNS[name] = LONG + flags
 # claim 6: the evolving teacher against a fixed one, at the SRT rate
-RUNS["offline-s0"] = BASE + STEPS + ["--lr", SRT_LR, "--label", "offline"]
+RUNS["offline-s0"] = BASE + STEPS + ["--lr", SRT_LR, "--label", "offline"] + TEACHER
 # TTRL's variants: votes from more samples than are trained on; test-time training on the eval set
 RUNS["ttrl-votes"] = BASE + STEPS + ["--lr", SRT_LR, "--samples_per_prompt", "8", "--votes_per_prompt", "16"]
 RUNS["ttt"] = BASE + STEPS + ["--lr", SRT_LR, "--ttt"]
+# The order `python miniature.py` runs them in: the collapse family first (the longest runs), then the rest
+ORDER = ["collapse", "offline-labels", "curriculum", "online-filter", "early-stop", "alarm", "collapse-fast"]
+ORDER += [n for n in RUNS if n not in ORDER]
 
 
 def command(name):
     return [sys.executable, "selftrain.py", *RUNS[name], "--out_dir", os.path.join("out-mini", name)]
 
 
+def finished(name):
+    """True if the run finished with the flags it has now (a run made with other flags is stale)."""
+    done = os.path.join(OUT, name, "done.json")
+    return os.path.exists(done) and json.load(open(done))["flags"] == RUNS[name]
+
+
 def run(name, threads):
-    """One run, resumed if it was interrupted, skipped if it finished with the same flags."""
+    """One run, resumed if it was interrupted, skipped if it finished with the same flags. A folder left
+    by other flags (a stale run) is deleted first, so nothing is resumed from or reported for it."""
     out = os.path.join(OUT, name)
-    done = os.path.join(out, "done.json")
-    if os.path.exists(done) and json.load(open(done))["flags"] == RUNS[name]:
+    if finished(name):
         return
+    flags = os.path.join(out, "flags.json")
+    if os.path.exists(out) and (not os.path.exists(flags) or json.load(open(flags)) != RUNS[name]):
+        shutil.rmtree(out)
+    os.makedirs(out, exist_ok=True)
+    json.dump(RUNS[name], open(flags, "w"))
     resume = os.path.exists(os.path.join(out, "ckpt", "trainer_state.pt"))
     if not resume:
         for f in ("metrics.jsonl", "eval.jsonl"):
             if os.path.exists(os.path.join(out, f)):
                 os.remove(os.path.join(out, f))
-    os.makedirs(out, exist_ok=True)
     cmd = command(name) + (["--resume"] if resume else [])
     print(" ".join(cmd[1:]), flush=True)
     t0 = time.time()
@@ -81,17 +99,20 @@ def run(name, threads):
     if rc != 0:
         print(f"{name}: failed (exit {rc}); see {out}/log.txt", flush=True)
         return
-    json.dump({"flags": RUNS[name], "seconds": time.time() - t0, "threads": threads}, open(done, "w"))
+    json.dump({"flags": RUNS[name], "seconds": time.time() - t0, "threads": threads},
+              open(os.path.join(out, "done.json"), "w"))
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 
 def read(name):
-    """(evals, metrics) of a finished run: lists of dicts by step; None if it has not finished."""
+    """(evals, metrics) of a finished run: lists of dicts by step; None if it has not finished. Each eval is
+    the held-out 'tiny' set's result, plus 'val' (the tiny-val avg@8) where the run scored the hold-out."""
     out = os.path.join(OUT, name)
-    if not os.path.exists(os.path.join(out, "done.json")):
+    if not finished(name):
         return None
     lines = lambda f: [json.loads(l) for l in open(os.path.join(out, f))] if os.path.exists(os.path.join(out, f)) else []
-    evals = {e["step"]: e["tiny"] for e in lines("eval.jsonl")}  # a resumed run may repeat a step: keep the last
+    evals = {e["step"]: {**e["tiny"], **({"val": e["tiny-val"]["avg"]} if "tiny-val" in e else {})}
+             for e in lines("eval.jsonl")}  # a resumed run may repeat a step: keep the last
     return [{"step": s, **evals[s]} for s in sorted(evals)], lines("metrics.jsonl")
 
 
@@ -111,7 +132,7 @@ def mean_sd(xs):
 def fmt(m, sd=None, pct=True):
     """+12.3 ± 1.0 (points) for gains, 0.85 ± 0.05 for ratios."""
     if m is None:
-        return "not run"
+        return "—"
     k, f = (100, "{:+.1f}") if pct else (1, "{:.2f}")
     return f.format(k * m) + (" ± " + f.format(k * sd).lstrip("+") if sd else "")
 
@@ -119,16 +140,20 @@ def fmt(m, sd=None, pct=True):
 def claims():
     r = {n: read(n) for n in RUNS}
     rows = []
-    srt = [gain(r[f"srt-s{s}"][0]) for s in SEEDS if r[f"srt-s{s}"]]
-    gold = [gain(r[f"gold-s{s}"][0]) for s in SEEDS if r[f"gold-s{s}"]]
+    seeds = [s for s in SEEDS if r[f"srt-s{s}"] and r[f"gold-s{s}"]]
+    srt = [gain(r[f"srt-s{s}"][0]) for s in seeds]
+    gold = [gain(r[f"gold-s{s}"][0]) for s in seeds]
     m, sd = mean_sd(srt)
     rows.append(("1. SRT improves held-out avg@8 without labels", "peak gain ≥ +15 pts",
-                 f"{fmt(m, sd)} pts ({len(srt)} seeds)", m is not None and m >= 0.15))
-    ratios = [a / b for a, b in zip(srt, gold) if b > 0]
-    m2, sd2 = mean_sd(ratios)
+                 f"{fmt(m, sd)} pts (mean ± sd, {len(srt)} seeds)", m is not None and m >= 0.15))
+    m2, sd2 = mean_sd([a / b for a, b in zip(srt, gold) if b > 0])
+    sweep = {method: {lr: gain(r[n][0]) for lr in SWEEP for n in [f"{method}-s0" if lr == base else f"{method}-lr{lr}"]
+                      if r[n]} for method, base in (("srt", SRT_LR), ("gold", GOLD_LR))}
+    tuned = max(sweep["srt"].values()) / max(sweep["gold"].values()) if sweep["srt"] and sweep["gold"] else None
     rows.append(("2. SRT rivals gold RL early", "SRT gain / gold gain ≥ 0.75",
-                 f"{fmt(m2, sd2, pct=False)} (gold {fmt(*mean_sd(gold))} pts)", m2 is not None and m2 >= 0.75))
-    maj = [gain(r[f"srt-s{s}"][0], "maj") for s in SEEDS if r[f"srt-s{s}"]]
+                 f"{fmt(m2, sd2, pct=False)} at lr {SRT_LR} (gold {fmt(*mean_sd(gold))} pts); best of each sweep, seed 0: "
+                 f"{fmt(tuned, pct=False)}", m2 is not None and m2 >= 0.75 and (tuned is None or tuned >= 0.75)))
+    maj = [gain(r[f"srt-s{s}"][0], "maj") for s in seeds]
     m3, sd3 = mean_sd(maj)
     rows.append(("3. The teacher improves: maj@8 rises", "peak gain ≥ +10 pts", f"{fmt(m3, sd3)} pts",
                  m3 is not None and m3 >= 0.10))
@@ -143,22 +168,26 @@ def claims():
     else:
         rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1", "not run", False))
     survived = []
-    for name in ("early-stop", "alarm", "offline-labels", "curriculum", "online-filter"):
+    for name in MITIGATIONS:
         if r[name]:
             ev, me = r[name]
             steps = me[-1]["step"] if me else 0
             ok = steps >= 3 * COLLAPSE_STEPS and ev[-1]["avg"] > 0.1
-            survived.append(f"{name}: {steps} steps, avg@8 {ev[-1]['avg']:.2f}" + (" (no collapse)" if ok else ""))
+            text = f"{name}: {steps} steps, avg@8 {ev[-1]['avg']:.2f}" + (" (no collapse)" if ok else "")
+            if any("val" in e for e in ev):  # early stopping keeps the model that scored best on the hold-out
+                kept = max((e for e in ev if "val" in e), key=lambda e: (e["val"], -e["step"]))
+                text += f", kept step {kept['step']} (avg@8 {kept['avg']:.2f})"
+            survived.append(text)
     rows.append(("5. Mitigations", f"one runs {3 * COLLAPSE_STEPS} steps without collapse", "; ".join(survived) or "not run",
                  any("no collapse" in s for s in survived)))
     on, off = r["srt-s0"], r["offline-s0"]
     if on and off:
         d = on[0][-1]["avg"] - off[0][-1]["avg"]
         rows.append(("6. The evolving teacher beats a fixed one", "online − offline avg@8 at the last step > 0",
-                     f"{fmt(d)} pts", d > 0))
+                     f"{fmt(d)} pts ({on[0][-1]['avg']:.3f} vs {off[0][-1]['avg']:.3f} at step {on[0][-1]['step']})", d > 0))
     else:
         rows.append(("6. The evolving teacher beats a fixed one", "online − offline > 0", "not run", False))
-    return rows, r
+    return rows, r, sweep
 
 
 def first_mover(metrics, window=5):
@@ -224,16 +253,18 @@ def figures(r):
             [(f"gold-s{s}", {"color": "C1", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
             [("offline-s0", {"color": "C2"})]
     plot(seeds, os.path.join(FIGS, "srt_vs_gold.png"), "Claims 1-3, 6: SRT (no labels) vs RL with gold labels vs offline labels")
-    plot([("collapse", {"color": "C3"})] + [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(
-        ("early-stop", "alarm", "offline-labels", "curriculum", "online-filter"))],
-         os.path.join(FIGS, "collapse.png"), f"Claims 4-5: lr 3e-4 collapses; mitigations at the same rate")
+    plot([("collapse", {"color": "C3"})] + [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(MITIGATIONS)],
+         os.path.join(FIGS, "collapse.png"), f"Claims 4-5: lr {COLLAPSE_LR} collapses; mitigations at the same rate")
     plot([("srt-s0", {"color": "C0"}), ("ttrl-votes", {"color": "C5"}), ("ttt", {"color": "C6"})],
          os.path.join(FIGS, "ttrl.png"), "TTRL variants: 16 votes / 8 trained; test-time training on the eval set")
 
 
-def table(rows, r):
+def table(rows, r, sweep):
     out = ["| claim | threshold | measured | holds |", "|---|---|---|---|"]
     out += [f"| {c} | {t} | {m} | {'yes' if ok else 'no'} |" for c, t, m, ok in rows]
+    out += ["", "The learning-rate sweep (seed 0): peak gain of held-out avg@8 over the start, in points.", "",
+            "| lr | SRT | gold |", "|---|---|---|"]
+    out += [f"| {lr} | {fmt(sweep['srt'].get(lr))} | {fmt(sweep['gold'].get(lr))} |" for lr in SWEEP]
     out += ["", "Every run (held-out avg@8 / maj@8 at the start, at the best eval, at the end):", "",
             "| run | flags | start | best (step) | end | minutes |", "|---|---|---|---|---|---|"]
     for name, flags in RUNS.items():
@@ -249,8 +280,8 @@ def table(rows, r):
 
 
 def report():
-    rows, r = claims()
-    text = table(rows, r)
+    rows, r, sweep = claims()
+    text = table(rows, r, sweep)
     print(text)
     try:
         figures(r)
@@ -278,5 +309,5 @@ if __name__ == "__main__":
             tiny_warmup(s)
         threads = max(1, (os.cpu_count() or 2) // a.jobs)
         with ThreadPoolExecutor(a.jobs) as pool:
-            list(pool.map(lambda n: run(n, threads), a.runs or list(RUNS)))
+            list(pool.map(lambda n: run(n, threads), a.runs or ORDER))
     report()
