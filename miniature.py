@@ -157,16 +157,18 @@ def claims():
     m3, sd3 = mean_sd(maj)
     rows.append(("3. The teacher improves: maj@8 rises", "peak gain ≥ +10 pts", f"{fmt(m3, sd3)} pts",
                  m3 is not None and m3 >= 0.10))
-    c = r["collapse"]
-    if c:
-        ev, me = c
-        hacked = max(x["pseudo_reward"] for x in me) > 0.85 and ev[-1]["avg"] <= 0.1
-        rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1",
-                     f"pseudo-reward max {max(x['pseudo_reward'] for x in me):.2f}, avg@8 {ev[0]['avg']:.2f} → "
-                     f"{ev[-1]['avg']:.2f}, one answer for up to {100 * max(x.get('same_answer', 0) for x in me):.0f}% of a step's prompts"
-                     f"; first to move: {first_mover(me)}", hacked))
-    else:
-        rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1", "not run", False))
+    texts, hacked = [], False
+    for name in ("collapse", "collapse-fast"):
+        if r[name]:
+            ev, me = r[name]
+            top = max(x["pseudo_reward"] for x in me)
+            hacked |= top > 0.85 and ev[-1]["avg"] <= 0.1
+            texts.append(f"{name} (lr {RUNS[name][RUNS[name].index('--lr') + 1]}): pseudo-reward max {top:.2f}, avg@8 "
+                         f"{ev[0]['avg']:.2f} → {ev[-1]['avg']:.2f}, one answer for up to "
+                         f"{100 * max(x.get('same_answer', 0) for x in me):.0f}% of a step's prompts; first to move: "
+                         f"{first_mover(me)}")
+    rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1",
+                 "; ".join(texts) or "not run", hacked))
     survived = []
     for name in MITIGATIONS:
         if r[name]:

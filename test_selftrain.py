@@ -1319,9 +1319,16 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     fake("srt-s0", [0.3, 0.5, 0.45], [0.6, 0.8, 0.7], [0.5] * 12)
     fake("gold-s0", [0.3, 0.4, 0.6], [0.6, 0.7, 0.8], [0.5] * 12)
     fake("collapse", [0.3, 0.2, 0.05], [0.6, 0.5, 0.1], [0.5] * 6 + [0.99] * 6)
-    rows, _ = miniature.claims()
+    fake("collapse-fast", [0.3, 0.0], [0.6, 0.0], [0.4] * 12)           # broke, but never hacked the reward
+    rows, _, sweep = miniature.claims()
     verdict = {r[0][:1]: (r[2], r[3]) for r in rows}
-    assert verdict["1"] == ("+20.0 pts (1 seeds)", True)           # the peak gain, not the last value
+    assert verdict["1"] == ("+20.0 pts (mean ± sd, 1 seeds)", True)  # the peak gain, not the last value
     assert verdict["2"][1] is False and verdict["2"][0].startswith("0.67")  # SRT +20 / gold +30 < 0.75
+    assert sweep["srt"] == {"2e-5": pytest.approx(0.2)} and "srt-lr4e-5" in miniature.RUNS
     assert verdict["3"][1] is True and verdict["4"][1] is True and "pseudo_reward (step 7)" in verdict["4"][0]
+    assert "collapse-fast (lr 3e-4): pseudo-reward max 0.40" in verdict["4"][0]
+    assert verdict["5"] == ("not run", False)
+    # a run finished with other flags is stale: neither reported nor counted
+    (tmp_path / "srt-s0" / "done.json").write_text(json.dumps({"flags": ["--steps", "1"], "seconds": 1}))
+    assert miniature.read("srt-s0") is None and miniature.claims()[0][0][2].startswith("—")
     assert verdict["6"] == ("not run", False)
