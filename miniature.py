@@ -278,7 +278,27 @@ def table(rows, r, sweep):
         secs = json.load(open(os.path.join(OUT, name, "done.json")))["seconds"]
         out.append(f"| {name} | `{' '.join(flags)}` | {ev[0]['avg']:.3f} / {ev[0]['maj']:.3f} | {best['avg']:.3f} / "
                    f"{best['maj']:.3f} ({best['step']}) | {ev[-1]['avg']:.3f} / {ev[-1]['maj']:.3f} | {secs / 60:.1f} |")
+    said = {n: answers(n) for n in ("collapse", "collapse-fast") if r[n]}
+    if said:
+        head = next(iter(said.values()))
+        out += ["", "What the collapsed policies answer (one sample each for the first held-out problems):", "",
+                "| run | " + " | ".join(f"`{p}` = {a}" for p, a, _ in head) + " |", "|---|" + "---|" * len(head)]
+        out += [f"| {n} | " + " | ".join(str(x) for _, _, x in said[n]) + " |" for n in said]
     return "\n".join(out)
+
+
+def answers(name, n=6):
+    """One sampled answer of a run's final policy to each of the first n held-out problems (seeded)."""
+    import torch
+    import eval as evaluation
+    from model import encode_prompts, load_model, rollout, stop_token_ids
+    from rewards import extract_answer
+    model, tok = load_model(os.path.join(OUT, name, "ckpt"))
+    rows = evaluation.tiny_heldout()[:n]
+    torch.manual_seed(0)
+    outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, 64,
+                   stop_ids=stop_token_ids(model, tok))
+    return [(r["problem"], r["answer"], extract_answer(o.text)) for r, o in zip(rows, outs)]
 
 
 def report():
