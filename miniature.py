@@ -32,7 +32,8 @@ SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method 
 SWEEP = ("2e-5", "4e-5")
 TEACHER = ["--teacher_samples", "8"]     # the fixed teacher votes with 8 samples per prompt, like maj@8
 # Too fast a rate for SRT (paper §4.1.1: prolonged training hacks the self-consistency reward; a high
-# rate gets there in minutes). COLLAPSE_LR drifts; FAST_LR breaks the policy within a few steps.
+# rate gets there in minutes). At COLLAPSE_LR accuracy drains away while the answers drift together; at
+# FAST_LR the policy breaks within a few steps and then hacks the reward outright.
 COLLAPSE_LR, COLLAPSE_STEPS, FAST_LR = "1e-4", 40, "3e-4"
 KL = ["--kl_coef", "0.001"]
 
@@ -47,7 +48,7 @@ for lr in SWEEP:                                   # claim 2: a small learning-r
         RUNS[f"gold-lr{lr}"] = BASE + STEPS + ["--lr", lr, "--label", "gold"]
 # claim 4: collapse; claim 5: each mitigation at the same rate, for 3x as many steps
 RUNS["collapse"] = BASE + KL + ["--eval_every", "10", "--lr", COLLAPSE_LR, "--steps", str(COLLAPSE_STEPS)]
-RUNS["collapse-fast"] = BASE + KL + ["--eval_every", "10", "--lr", FAST_LR, "--steps", "30"]
+RUNS["collapse-fast"] = BASE + KL + ["--eval_every", "20", "--lr", FAST_LR, "--steps", "100"]
 LONG = BASE + KL + ["--eval_every", "20", "--lr", COLLAPSE_LR, "--steps", str(3 * COLLAPSE_STEPS)]
 MITIGATIONS = {"early-stop": ["--early_stop", "2", "--val_data", "tiny-val"], "alarm": ["--collapse_alarm", "0.5"],
                "offline-labels": ["--label", "offline"] + TEACHER, "curriculum": ["--curriculum", "0.33"] + TEACHER,
