@@ -26,7 +26,7 @@ FIGS = os.path.join(ROOT, "figures")
 # The testbed's own start policy (tiny_warmup): greedy 0.8 on validation, but ~0.36 of samples right at
 # temperature 1, like the paper's base models, which solve 15-30% of their test problems.
 BASE = ["--tiny", "--save_every", "50"]
-STEPS = ["--steps", "60", "--eval_every", "20"]
+STEPS = ["--steps", "100", "--eval_every", "20"]
 SEEDS = (0, 1, 2)
 SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at another rate
 SWEEP = ("2e-5", "4e-5")
@@ -75,15 +75,26 @@ def finished(name):
     return os.path.exists(done) and json.load(open(done))["flags"] == RUNS[name]
 
 
+def extends(old, new):
+    """True if flags `new` are `old` (or the same run) with more --steps: the run resumes from its last
+    checkpoint rather than starting over, and ends exactly where a fresh run would (the rate is constant)."""
+    strip = lambda f: [x for i, x in enumerate(f) if x != "--steps" and (i == 0 or f[i - 1] != "--steps")]
+    steps = lambda f: int(f[f.index("--steps") + 1]) if "--steps" in f else 0
+    return strip(old) == strip(new) and steps(old) <= steps(new)
+
+
 def run(name, threads):
-    """One run, resumed if it was interrupted, skipped if it finished with the same flags. A folder left
-    by other flags (a stale run) is deleted first, so nothing is resumed from or reported for it."""
+    """One run, resumed if it was interrupted or asked for more steps, skipped if it finished with the same
+    flags. A folder left by other flags (a stale run) is deleted first: nothing is resumed from or reported
+    for it. The seconds in done.json add up all the sessions of a run."""
     out = os.path.join(OUT, name)
     if finished(name):
         return
-    flags = os.path.join(out, "flags.json")
-    if os.path.exists(out) and (not os.path.exists(flags) or json.load(open(flags)) != RUNS[name]):
+    flags, done = os.path.join(out, "flags.json"), os.path.join(out, "done.json")
+    before = json.load(open(done))["seconds"] if os.path.exists(done) else 0.0
+    if os.path.exists(out) and not (os.path.exists(flags) and extends(json.load(open(flags)), RUNS[name])):
         shutil.rmtree(out)
+        before = 0.0
     os.makedirs(out, exist_ok=True)
     json.dump(RUNS[name], open(flags, "w"))
     resume = os.path.exists(os.path.join(out, "ckpt", "trainer_state.pt"))
@@ -100,8 +111,7 @@ def run(name, threads):
     if rc != 0:
         print(f"{name}: failed (exit {rc}); see {out}/log.txt", flush=True)
         return
-    json.dump({"flags": RUNS[name], "seconds": time.time() - t0, "threads": threads},
-              open(os.path.join(out, "done.json"), "w"))
+    json.dump({"flags": RUNS[name], "seconds": before + time.time() - t0, "threads": threads}, open(done, "w"))
     print(f"{name}: done in {(time.time() - t0) / 60:.1f} min", flush=True)
 
 

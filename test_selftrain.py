@@ -1332,3 +1332,7 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     (tmp_path / "srt-s0" / "done.json").write_text(json.dumps({"flags": ["--steps", "1"], "seconds": 1}))
     assert miniature.read("srt-s0") is None and miniature.claims()[0][0][2] == "not run"
     assert verdict["6"] == ("not run", False)
+    # more steps resume a finished run (its rate is constant); any other change of flags starts over
+    assert miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "1e-4", "--steps", "100"])
+    assert not miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "2e-4", "--steps", "100"])
+    assert not miniature.extends(["--lr", "1e-4", "--steps", "100"], ["--lr", "1e-4", "--steps", "60"])
