@@ -207,16 +207,18 @@ def claims():
 
 
 def first_mover(metrics, window=5):
-    """Which label-free diagnostic leaves its early range first (3 early-window spreads past its start)."""
+    """Which label-free diagnostic leaves its early range first: the step where its running mean over
+    `window` steps moves past 3 spreads plus 20% of its mean over the first `window` steps. The running mean
+    keeps one noisy step (two prompts sharing an answer by chance) from counting as a move."""
     keys = ("pseudo_reward", "kl", "entropy", "same_answer", "resp_len")
     firsts = {}
     for k in keys:
         xs = [m.get(k) for m in metrics]
         if any(x is None for x in xs) or len(xs) < 2 * window:
             continue
-        base = xs[:window]
-        mu, sd = statistics.mean(base), statistics.pstdev(base) + 1e-3
-        hit = next((m["step"] for m, x in zip(metrics[window:], xs[window:]) if abs(x - mu) > 3 * sd + 0.05 * abs(mu)), None)
+        mu, sd = statistics.mean(xs[:window]), statistics.pstdev(xs[:window]) + 1e-3
+        hit = next((metrics[i]["step"] for i in range(window, len(xs))
+                    if abs(statistics.mean(xs[i - window + 1:i + 1]) - mu) > 3 * sd + 0.2 * abs(mu)), None)
         if hit is not None:
             firsts[k] = hit
     return ", ".join(f"{k} (step {s})" for k, s in sorted(firsts.items(), key=lambda kv: kv[1])) or "none"

@@ -1325,7 +1325,7 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     assert verdict["1"] == ("+20.0 pts (mean ± sd, 1 seeds)", True)  # the peak gain, not the last value
     assert verdict["2"][1] is False and verdict["2"][0].startswith("0.67")  # SRT +20 / gold +30 < 0.75
     assert sweep["srt"] == {"2e-5": pytest.approx(0.2)} and "srt-lr4e-5" in miniature.RUNS
-    assert verdict["3"][1] is True and verdict["4"][1] is True and "pseudo_reward (step 7)" in verdict["4"][0]
+    assert verdict["3"][1] is True and verdict["4"][1] is True and "pseudo_reward (step 8)" in verdict["4"][0]
     assert "collapse-fast (lr 3e-4): pseudo-reward max 0.40" in verdict["4"][0]
     assert verdict["5"] == ("not run", False)
     # a run finished with other flags is stale: neither reported nor counted
