@@ -855,16 +855,16 @@ def _winner(ids: list[int | None]) -> tuple[int | None, int]:
     return best, counts[best]
 
 
-def majority_vote(answers: list[str | None]) -> tuple[str | None, int]:
+def majority_vote(answers: list[str | None], classes: list[int | None] | None = None) -> tuple[str | None, int]:
     """Majority answer of a group and its vote count.
 
     None (and empty) answers do not vote; equivalent answers (0.5, \\frac12,
     \\dfrac{1}{2}) are merged into one class before counting. Returns
     (first-seen string of the winning class, class size). Ties are broken
     deterministically: the class whose first member appears earliest in
-    `answers` wins. No answers at all -> (None, 0).
+    `answers` wins. No answers at all -> (None, 0). `classes`: vote_classes(answers), if the caller has it.
     """
-    ids = vote_classes(answers)
+    ids = vote_classes(answers) if classes is None else classes
     best, count = _winner(ids)
     if best is None:
         return None, 0

@@ -340,11 +340,11 @@ def label_and_reward(answers, fixed, mode, shape="binary", min_share=0.0):
     SRT ablations (paper-notes §1.1): a majority share below min_share leaves the prompt unlabelled, and
     the 'soft' shape rewards each response with its answer's vote share instead of 0/1 agreement.
     Returns (label or None, rewards [n], majority answer, majority count)."""
-    maj, count = majority_vote(answers)
+    classes = vote_classes(answers)                      # equivalent answers share a class, as in the vote
+    maj, count = majority_vote(answers, classes)
     label = maj if mode == "majority" else fixed         # <- the one line that makes it self-rewarded
     if mode == "majority" and count / len(answers) < min_share:
         label = None                                     # not confident enough to be trusted as a label
-    classes = vote_classes(answers)                      # equivalent answers share a class, as in the vote
     if label is not None and shape == "soft":
         return label, [classes.count(c) / len(answers) if c is not None else 0.0 for c in classes], maj, count
     first = {}
