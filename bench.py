@@ -1,11 +1,11 @@
-"""Benchmark: our SRT loop next to the alternatives, as ratios measured in one run (issue 5).
+"""Benchmark: our SRT loop next to the alternatives, as ratios measured in one run (docs/benchmark.md).
 
     python bench.py                                   # CPU, offline, a few minutes on 2 cores
     python bench.py --steps 1 --prompts 8 --samples 8 # quicker
 
 Absolute times on a shared CPU are noise; ratios measured side by side are not. Every time here is the
 process's CPU time with one torch thread (--threads), so other jobs on the machine and thread
-oversubscription do not skew a ratio. The rows, each printed with the issue's goal:
+oversubscription do not skew a ratio. The rows, each printed with its goal:
   1. step time of the real loop (selftrain.main, --tiny) against TRL's GRPOTrainer: same start model, prompts,
      samples, lengths, micro-batches, one optimizer step per rollout batch (TRL is optional: pip install trl)
   2. rollout overhead: model.rollout against one bare model.generate on the same batch
@@ -13,7 +13,7 @@ oversubscription do not skew a ratio. The rows, each printed with the issue's go
   4. log-prob memory: peak heap memory (RssAnon) of our log-prob + loss + backward against a full
      log-softmax, vocabulary 151,936 (Qwen2.5's), sequences of 1,024 tokens, a fresh subprocess per variant
   5. zero-signal work: tokens trained on groups whose advantages are all zero (unanimous or unlabelled)
-  6. generated tokens/s, the share of a step in rollout / reward / update, and the grader's throughput
+  6. generated tokens/s, the share of a step in rollout / reward / update, and the grader's speed (bench_grader)
 The loop is observed, never re-implemented: the module's rollout, update and pack are wrapped while
 selftrain.main runs (`wrapped`), so what is timed and counted is what training does.
 """
@@ -36,6 +36,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import transformers
 
+import data
+
+import grader
 import rewards
 import selftrain
 from model import INSTRUCTION, completion_logprobs, left_pad, load_model, pack, rollout, stop_token_ids
@@ -115,8 +118,8 @@ def our_steps(args, out_dir):
 
 
 def trl_steps(args, cfg, problems):
-    """The same steps with TRL's GRPOTrainer: the SRT reward (majority vote of each group through
-    selftrain.label_and_reward), the same start model and prompts in the same order. Returns the CPU times
+    """The same steps with TRL's GRPOTrainer: the SRT reward (rewards.srt_reward, the reward path training
+    uses), the same start model and prompts in the same order. Returns the CPU times
     at the end of each optimizer step and TRL's version, or None and the reason it could not run."""
     try:
         import trl
@@ -127,12 +130,6 @@ def trl_steps(args, cfg, problems):
         return None, f"TRL unavailable ({type(e).__name__}: {e}); pip install trl"
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames, seen through TRL's config
     B, n = cfg.prompts_per_step, cfg.samples_per_prompt
-
-    def srt_reward(completions, **kw):
-        answers = [rewards.extract_answer(c[0]["content"] if isinstance(c, list) else c) for c in completions]
-        return [r for g in range(0, len(answers), n)
-                for r in selftrain.label_and_reward(answers[g:g + n], None, "majority")[1]]
-
     ends = []
 
     class StepEnds(TrainerCallback):
@@ -140,7 +137,7 @@ def trl_steps(args, cfg, problems):
             ends.append(clock())
 
     model, tokenizer = load_model(cfg.model)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": p + INSTRUCTION}]} for p in problems])
+    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": p + INSTRUCTION}]} for p in problems])
     targs = GRPOConfig(
         output_dir=tempfile.mkdtemp(), per_device_train_batch_size=cfg.micro_batch,
         gradient_accumulation_steps=B * n // cfg.micro_batch,  # one generation and one optimizer step per B*n
@@ -155,7 +152,7 @@ def trl_steps(args, cfg, problems):
     quiet = io.StringIO()
     try:
         with contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            GRPOTrainer(model=model, reward_funcs=srt_reward, args=targs, train_dataset=data,
+            GRPOTrainer(model=model, reward_funcs=rewards.srt_reward, args=targs, train_dataset=dataset,
                         processing_class=tokenizer, callbacks=[StepEnds()]).train()
     except Exception as e:
         return None, f"TRL {trl.__version__} failed: {type(e).__name__}: {e}"
@@ -250,7 +247,7 @@ def logprob_loss_backward(model, ids, attn, comp, mask, variant, temperature=1.0
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -comp.shape[1] - 1:-1]
         logp = torch.log_softmax(logits.float() / temperature, -1).gather(-1, comp[..., None])[..., 0] * mask
     adv = torch.ones(len(ids))                                              # [b]
-    loss, _ = selftrain.policy_loss(logp, logp.detach(), None, None, adv, mask, selftrain.Config())  # [b, C]
+    loss, _ = selftrain.policy_loss(logp, logp.detach(), None, None, adv, mask, selftrain.Config(entropy_coef=0.0))
     selftrain.aggregate(loss, mask, "token-mean", mask.sum(), len(ids), comp.shape[1]).backward()
     return logp
 
@@ -294,22 +291,53 @@ def peak_memory(variant, seqs, length):
 # 6: the grader
 
 
-def grader_throughput(rounds=5):
-    """rewards.bench_grader() when it exists (issue 3); else the CPU time of rewards.majority_vote on 32
-    answers in a few classes written several ways, fresh numbers each round so no cache helps."""
-    if hasattr(rewards, "bench_grader"):
-        return rewards.bench_grader()
-    times = []
-    for r in range(rounds):
-        k = 7 + r
-        forms = [f"\\frac{{1}}{{{k}}}", f"\\dfrac{{2}}{{{2 * k}}}", f"1/{k}", f"{k}", f"{k}.0", f"\\sqrt{{{k * k}}}",
-                 f"x = {k + 1}", f"{k + 1}", f"({k}, {k + 1})", None]
-        answers = (forms * 4)[:32]
-        t0 = clock()
-        rewards.majority_vote(answers)
-        times.append(clock() - t0)
-    t = statistics.median(times)
-    return {"answers_per_s": 32 / t, "vote_32_s": t}
+def _bench_group(kind: str, k: int) -> list[str]:
+    """A realistic group of 32 answers; k varies the strings so caches never help."""
+    if kind == "same":                 # a settled prompt: every sample agrees
+        return [str(1000 + k)] * 32
+    if kind == "numeric":              # one value in many notations, plus wrong numbers
+        a, b = 2 * k + 1, 4 * k + 4
+        right = [f"\\frac{{{a}}}{{{b}}}", f"\\dfrac{{{a}}}{{{b}}}", f"{a}/{b}", f"{a / b}",
+                 f"\\frac{{{2 * a}}}{{{2 * b}}}", f"\\left({a}/{b}\\right)", f"\\tfrac{{{a}}}{{{b}}}"]
+        return (right * 3 + [str(n + k) for n in range(11)])[:32]
+    p = (3, 5, 7, 11, 13, 17, 19, 23)[k % 8]   # "symbolic": one surd written many ways
+    right = [f"\\frac{{\\sqrt{{{p}}}}}{{{p}}}", f"\\frac{{1}}{{\\sqrt{{{p}}}}}", f"\\sqrt{{{p}}}/{p}",
+             f"{p}^{{-1/2}}", f"\\frac{{2\\sqrt{{{p}}}}}{{{2 * p}}}", f"\\frac{{\\sqrt{{{4 * p}}}}}{{{2 * p}}}"]
+    wrong = [f"\\sqrt{{{p}}}", f"\\frac{{\\sqrt{{{p}}}}}{{2}}", f"\\frac{{{p}}}{{\\sqrt{{2}}}}",
+             f"\\frac{{\\pi}}{{{p}}}", f"{p}x", f"\\sqrt{{{p}}}+1", f"\\frac{{{p}}}{{4}}"]
+    return (right * 3 + wrong * 2)[:32]
+
+
+def bench_grader() -> dict:
+    """Grader speed on 32-answer groups with cold caches (a few seconds).
+
+    vote32_ms_<mix>: one majority_vote over 32 answers: "same" (all one string),
+    "numeric" (one value in 7 notations + 11 wrong numbers), "symbolic" (one surd
+    in 6 forms + 7 wrong expressions); vote32_ms: their mean. answers_per_s:
+    grade(response, gold) calls per second over the same three mixes.
+    worker_start_ms: starting the sympy worker process (once per process).
+    """
+    grader._stop_workers()
+    t = time.perf_counter()
+    grader.is_equiv("x+1", "1+x")                # starts a worker
+    out = {"worker_start_ms": 1000 * (time.perf_counter() - t)}
+    grader._verdicts.clear()
+    for cache in (grader._normalize, grader._parse, grader._equiv_cached):
+        cache.cache_clear()
+    mixes = ("same", "numeric", "symbolic")
+    for kind in mixes:
+        group = _bench_group(kind, 1)
+        t = time.perf_counter()
+        rewards.majority_vote(group)
+        out[f"vote32_ms_{kind}"] = 1000 * (time.perf_counter() - t)
+    out["vote32_ms"] = sum(out[f"vote32_ms_{kind}"] for kind in mixes) / len(mixes)
+    pairs = [(f"so the answer is $\\boxed{{{ans}}}$.", group[0])
+             for kind in mixes for group in [_bench_group(kind, 2)] for ans in group]
+    t = time.perf_counter()
+    for response, gold in pairs:
+        rewards.grade(response, gold)
+    out["answers_per_s"] = len(pairs) / (time.perf_counter() - t)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -358,7 +386,7 @@ def main():
     gen_tokens = sum(log["rollout"][i][2] for i in timed)
 
     # 1. TRL on the same prompts, in the same order.
-    rows = selftrain.load_train_rows(cfg)
+    rows = data.load_train_rows(cfg)
     problems = [rows[i]["problem"] for s in range(w + args.steps)
                 for i in selftrain.batch_indices(s, len(rows), cfg.prompts_per_step, cfg.seed)]
     trl_ends, trl_note = (None, "skipped (--no_trl)") if args.no_trl else trl_steps(args, cfg, problems)
@@ -397,7 +425,7 @@ def main():
     conv_zero, conv_groups, conv_tokens = zero_signal(outs, adv, packed, n)
     conv_all = sum(len(r.prompt_ids) + len(r.completion_ids) for r in packed)
 
-    grader = grader_throughput()
+    grading = bench_grader()
 
     print(f"{'':<40} {'measured':>9} {'goal':>8}")
     if trl_ends is None:
@@ -427,7 +455,7 @@ def main():
           f"reward {t_reward / step_cpu:.0%}, update {t_update / step_cpu:.0%} "
           f"({step_cpu / args.steps:.2f} s per step, {n_params / 1e6:.2f}M parameters)")
     print(f"   gradients still allocated when a rollout starts: {any(log['grads_at_rollout'])} (goal False)")
-    print("   grader: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in grader.items()))
+    print("   grader: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in grading.items()))
     print(f"bench took {time.time() - t_start:.0f} s wall")
 
 

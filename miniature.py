@@ -4,8 +4,8 @@
     python miniature.py srt-s0 gold-s0   # only these runs, then figures and the table
     python miniature.py --report         # figures and table from the finished runs only
 
-Each run is a plain `python selftrain.py ...` command (printed, and listed in the README), writing to
-out-mini/<name>/. The results table in README.md (between the `miniature` markers) and the PNGs in
+Each run is a plain `python selftrain.py ...` command (printed, and listed in docs/miniature.md), writing to
+out-mini/<name>/. The results table in docs/miniature.md (between the `miniature` markers) and the PNGs in
 figures/ are generated here from those runs' eval.jsonl and metrics.jsonl, never typed in.
 matplotlib is needed for the figures only.
 """
@@ -175,7 +175,7 @@ def claims():
     for name in ("collapse", "collapse-fast"):
         if r[name]:
             ev, me = r[name]
-            top = max(x["pseudo_reward"] for x in me)
+            top = max(x["reward"] for x in me)
             hacked |= top > 0.85 and ev[-1]["avg"] <= 0.1
             texts.append(f"{name} (lr {RUNS[name][RUNS[name].index('--lr') + 1]}): pseudo-reward max {top:.2f}, avg@8 "
                          f"{ev[0]['avg']:.2f} → {ev[-1]['avg']:.2f}, one answer for up to "
@@ -210,7 +210,7 @@ def first_mover(metrics, window=5):
     """Which label-free diagnostic leaves its early range first: the step where its running mean over
     `window` steps moves past 3 spreads plus 20% of its mean over the first `window` steps. The running mean
     keeps one noisy step (two prompts sharing an answer by chance) from counting as a move."""
-    keys = ("pseudo_reward", "kl", "entropy", "same_answer", "resp_len")
+    keys = ("reward", "kl", "entropy", "same_answer", "resp_len")
     firsts = {}
     for k in keys:
         xs = [m.get(k) for m in metrics]
@@ -225,7 +225,7 @@ def first_mover(metrics, window=5):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Figures and the README table
+# Figures and the results table (docs/miniature.md)
 
 
 def figures(r):
@@ -234,7 +234,7 @@ def figures(r):
     import matplotlib.pyplot as plt
     os.makedirs(FIGS, exist_ok=True)
     panels = [("held-out avg@8", "eval", "avg"), ("held-out maj@8", "eval", "maj"),
-              ("pseudo-reward (gold runs: true reward)", "metrics", "pseudo_reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
+              ("pseudo-reward (gold runs: true reward)", "metrics", "reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
               ("KL to start model", "metrics", "kl"), ("entropy", "metrics", "entropy")]
 
     def plot(groups, path, title):
@@ -246,8 +246,6 @@ def figures(r):
                     continue
                 ev, me = r[name]
                 pts = [(x["step"], x.get(key)) for x in (ev if src == "eval" else me) if x.get(key) is not None]
-                if key == "pseudo_reward" and not pts:      # gold runs log their true reward as 'reward'
-                    pts = [(x["step"], x["reward"]) for x in me if x.get("reward") is not None]
                 if pts:
                     xs, ys = zip(*pts)
                     if src == "metrics":                    # per-step metrics are noisy: a running mean of 5
@@ -310,11 +308,11 @@ def table(rows, r, sweep):
 def answers(name, n=6):
     """One sampled answer of a run's final policy to each of the first n held-out problems (seeded)."""
     import torch
-    import eval as evaluation
     from model import encode_prompts, load_model, rollout, stop_token_ids
     from rewards import extract_answer
+    from tiny import tiny_heldout
     model, tok = load_model(os.path.join(OUT, name, "ckpt"))
-    rows = evaluation.tiny_heldout()[:n]
+    rows = tiny_heldout()[:n]
     torch.manual_seed(0)
     outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, 64,
                    stop_ids=stop_token_ids(model, tok))
@@ -329,11 +327,12 @@ def report():
         figures(r)
     except ImportError:
         print("matplotlib is not installed: no figures")
-    readme = open(os.path.join(ROOT, "README.md")).read()
+    page = os.path.join(ROOT, "docs", "miniature.md")
+    doc = open(page).read()
     a, b = "<!-- miniature:start -->", "<!-- miniature:end -->"
-    if a in readme and b in readme:
-        readme = readme[:readme.index(a) + len(a)] + "\n" + text + "\n" + readme[readme.index(b):]
-        open(os.path.join(ROOT, "README.md"), "w").write(readme)
+    if a in doc and b in doc:
+        doc = doc[:doc.index(a) + len(a)] + "\n" + text + "\n" + doc[doc.index(b):]
+        open(page, "w").write(doc)
 
 
 if __name__ == "__main__":
@@ -346,7 +345,7 @@ if __name__ == "__main__":
     if unknown:
         raise SystemExit(f"unknown runs {unknown}; known: {list(RUNS)}")
     if not a.report:
-        from model import tiny_warmup  # build each seed's start policy once, before runs share it
+        from tiny import tiny_warmup  # build each seed's start policy once, before runs share it
         for s in sorted({int(RUNS[n][RUNS[n].index("--seed") + 1]) if "--seed" in RUNS[n] else 0 for n in a.runs or RUNS}):
             tiny_warmup(s)
         threads = max(1, (os.cpu_count() or 2) // a.jobs)

@@ -1,25 +1,20 @@
 """The policy: load a Hugging Face causal LM, sample from it, and score its completions.
 
 Three jobs, one section each:
-  1. loading      -- any HF causal LM by name or path, or the built-in tiny testbed (no download, ever);
+  1. loading      -- any HF causal LM by name or path (a hub id, a save_pretrained folder, a .gguf file);
   2. rollout      -- batched sampling with `generate` and the KV cache, n samples per prompt, chunked;
   3. log-probs    -- per-token log-probs of completions that never build a full-vocab fp32
                      log-softmax for the whole batch.
-The tiny testbed (a ~1M-parameter Qwen2, a character tokenizer and a synthetic addition task with a
-verifiable answer) lives here too, so the whole SRT loop runs offline on a laptop CPU.
+The offline testbed's tokenizer and model are built in tiny.py and go through exactly this code.
 """
 import os
-import random
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-TINY_EVAL_SEED = 1_000_001  # the testbed's held-out problems; warm-up and SRT training never see them
-TINY_VALID_SEED = 1_000_002  # the warm-up's validation problems, also the small labelled set for early stopping
-
-# The paper's user message (paper-notes §1.4): problem + this suffix, through the model's chat template.
+# The user message of the paper's released code (examples/data_preprocess/dapo.py): problem + this suffix,
+# through the model's chat template.
 INSTRUCTION = " Let's think step by step and output the final answer within \\boxed{}."
 
 # ----------------------------------------------------------------------------------------------------
@@ -63,7 +58,7 @@ def set_gradient_checkpointing(model):
 
 def stop_token_ids(model, tokenizer):
     """Every token that ends a response: the tokenizer's EOS, the model config's EOS ids, and the chat
-    turn end `<|im_end|>` when it exists (Qwen2.5-Math stops on both, hub-facts.md)."""
+    turn end `<|im_end|>` when it exists (Qwen2.5-Math's generation_config stops on both)."""
     ids = {tokenizer.eos_token_id}
     eos = getattr(model.generation_config, "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
@@ -87,78 +82,6 @@ def encode_prompts(tokenizer, problems, max_prompt_tokens):
     texts = [format_prompt(tokenizer, p) for p in problems]
     ids = tokenizer(texts, add_special_tokens=False).input_ids
     return [x if len(x) <= max_prompt_tokens else None for x in ids]
-
-
-# ----------------------------------------------------------------------------------------------------
-# The tiny testbed: a character tokenizer, a small Qwen2, and a synthetic task with a checkable answer.
-
-TINY_SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-TINY_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
-                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def tiny_tokenizer():
-    """A character-level tokenizer built locally with `tokenizers`: Qwen's byte-level BPE with its 256
-    byte symbols and no merges, so every character is a token. Being Qwen-shaped matters: transformers 5
-    rebuilds a saved tokenizer from the model type's class (Qwen2Tokenizer here), and a tokenizer of any
-    other shape would silently tokenize differently after a reload. Qwen-style chat template; EOS is
-    <|im_end|> and the pad token is separate. The paper's instruction is one added token, so prompts stay
-    short while going through exactly the real code path."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(TINY_SPECIALS + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|pad|>", eos_token="<|im_end|>",
-                                  padding_side="left", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
-    tok.add_tokens([INSTRUCTION])
-    tok.chat_template = TINY_TEMPLATE
-    return tok
-
-
-def tiny_model(tokenizer, seed=0, hidden=128, layers=4, heads=4):
-    """A ~0.7M-parameter Qwen2 built from a config with random weights (no download)."""
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id)
-    return model
-
-
-def tiny_problem(rng, digits):
-    """One addition problem with zero-padded operands and its step-by-step solution: one line per column,
-    right to left, `a+b+carry=sum`, then the boxed sum. Fixed-width lines keep it learnable by a tiny
-    model; sampling errors in any column change the final answer, which is what majority voting fixes."""
-    a, b = rng.randrange(10 ** digits), rng.randrange(10 ** digits)
-    sa, sb = f"{a:0{digits}d}", f"{b:0{digits}d}"
-    lines, carry = [], 0
-    for x, y in zip(reversed(sa), reversed(sb)):
-        s = int(x) + int(y) + carry
-        lines.append(f"{x}+{y}+{carry}={s:02d}")
-        carry = s // 10
-    answer = str(a + b)
-    return {"problem": f"{sa}+{sb}", "answer": answer,
-            "solution": "\n".join(lines) + f"\n\\boxed{{{answer}}}"}
-
-
-def tiny_task(n, seed, digits=4, exclude=()):
-    """n distinct problems from a seeded RNG, none of whose texts are in `exclude` (held-out split)."""
-    rng, rows, seen = random.Random(seed), [], set(exclude)
-    while len(rows) < n:
-        row = tiny_problem(rng, digits)
-        if row["problem"] not in seen:
-            seen.add(row["problem"])
-            rows.append({"id": f"add{digits}-{seed}-{len(rows)}", **row})
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -288,54 +211,3 @@ def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, 
     logp = logp.masked_scatter(sel, torch.cat(logps))
     entropy = entropy.masked_scatter(sel, torch.cat(ents))
     return logp, entropy
-
-
-def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3, cache_dir=None, log=print):
-    """Build the testbed's start policy: supervised warm-up of a tiny model on the addition task (labels
-    are allowed here, as in the paper's Reasoning Gym runs), until greedy accuracy on a validation split
-    reaches `target`. Cached as a save_pretrained folder; returns its path.
-
-    Why it is robust: the step-by-step, fixed-width solution format makes every output token a local
-    computation, so each seed learns in a few hundred steps instead of waiting on a lucky plateau escape."""
-    import json
-    import time
-
-    from rewards import extract_answer
-
-    name = f"warmup-seed{seed}" + ("" if target == 0.8 else f"-target{target:g}")
-    path = os.path.join(cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed"), name)
-    if os.path.exists(os.path.join(path, "warmup.json")):
-        return path
-    tok = tiny_tokenizer()
-    model = tiny_model(tok, seed)
-    valid = tiny_task(100, TINY_VALID_SEED, digits)
-    exclude = {r["problem"] for r in valid + tiny_task(200, TINY_EVAL_SEED, digits)}
-    train = tiny_task(50_000, seed + 2_000_000, digits, exclude)
-    valid_ids = encode_prompts(tok, [r["problem"] for r in valid], 64)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
-    rng, t0, acc, step = random.Random(seed), time.time(), 0.0, 0
-    while acc < target and step < max_steps:
-        step += 1
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, step / 100)  # linear warm-up, then constant
-        rows = rng.sample(train, batch)
-        seqs = [Rollout(p, tok(r["solution"], add_special_tokens=False).input_ids + [tok.eos_token_id], "", False)
-                for p, r in zip(encode_prompts(tok, [r["problem"] for r in rows], 64), rows)]
-        ids, attn, comp, mask = pack(seqs, tok.pad_token_id, "cpu")
-        logp, _ = completion_logprobs(model, ids, attn, comp, mask)       # [b, C]
-        loss = -(logp * mask).sum() / mask.sum()                           # next-token cross-entropy
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 10 == 0 and step >= 200:  # accuracy jumps within ~50 steps: check often to stop near target
-            outs = rollout(model, tok, valid_ids, 1, 64, temperature=0)
-            acc = sum(extract_answer(o.text) == r["answer"] for o, r in zip(outs, valid)) / len(valid)
-            log(f"warm-up step {step}: loss {loss.item():.3f} greedy valid acc {acc:.2f} ({time.time() - t0:.0f}s)")
-    if acc < target:
-        raise RuntimeError(f"tiny warm-up (seed {seed}) reached only {acc:.2f} < {target} in {step} steps")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    with open(os.path.join(path, "warmup.json"), "w") as f:
-        json.dump({"seed": seed, "steps": step, "greedy_valid_acc": acc, "seconds": time.time() - t0}, f)
-    return path

@@ -12,16 +12,21 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import data
 import eval as evaluation
+import grader
+import mitigations
+import runtime
 import selftrain
+import tiny as testbed
+from grader import normalize_answer, vote_classes
 from model import (INSTRUCTION, Rollout, completion_lengths, completion_logprobs, encode_prompts, left_pad,
-                   load_model, pack, rollout, set_gradient_checkpointing, stop_token_ids, tiny_model, tiny_task,
-                   tiny_tokenizer)
-from rewards import extract_answer, grade, is_equiv, majority_vote, normalize_answer, self_rewards, vote_classes
-from selftrain import Config, advantages, batch_indices, label_and_reward, parse_config, policy_loss
+                   load_model, pack, rollout, set_gradient_checkpointing, stop_token_ids)
+from rewards import extract_answer, grade, is_equiv, label_and_reward, majority_vote, self_rewards
+from selftrain import Config, advantages, batch_indices, parse_config, policy_loss
+from tiny import tiny_model, tiny_task, tiny_tokenizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SHARED = os.path.join(HERE, "..", "shared", "data")
 WARM = os.path.join(HERE, "testbed", "warmup-seed0")
 
 
@@ -180,7 +185,7 @@ def test_policy_loss_gradient_clipping_and_kl():
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     adv = torch.tensor([2.0, -1.0])
     ent = torch.zeros_like(logp)
-    loss, st = policy_loss(logp, logp.detach(), None, ent, adv, mask, Config(kl_coef=0.0))
+    loss, st = policy_loss(logp, logp.detach(), None, ent, adv, mask, Config(kl_coef=0.0, entropy_coef=0.0))
     loss = (loss * mask).sum()
     loss.backward()
     # on-policy: loss = -sum A (value), gradient = -A per unmasked token, clip fraction 0
@@ -190,7 +195,7 @@ def test_policy_loss_gradient_clipping_and_kl():
     # off-policy ratio above 1+eps with A > 0: clipped, no gradient
     logp2 = torch.tensor([[0.0]], requires_grad=True)
     loss, st = policy_loss(logp2, torch.tensor([[-1.0]]), None, torch.zeros(1, 1), torch.tensor([1.0]),
-                           torch.ones(1, 1), Config(kl_coef=0.0))
+                           torch.ones(1, 1), Config(kl_coef=0.0, entropy_coef=0.0))
     loss.sum().backward()
     assert logp2.grad.item() == 0 and st["clip_sum"] == 1
     # k3 KL: zero when equal to the reference, positive otherwise
@@ -208,7 +213,7 @@ def test_update_gradient_does_not_depend_on_micro_batch_size(tiny):
     adv = torch.tensor([1.0, -0.5, 0.0, 2.0])
     grads = []
     for mb in (1, 4):
-        cfg = Config(micro_batch=mb, kl_coef=0.0, grad_clip=1e9)
+        cfg = Config(micro_batch=mb, kl_coef=0.0, entropy_coef=0.0, grad_clip=1e9)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         st = selftrain.update(model, None, opt, outs, adv, cfg, torch.device("cpu"), False, tok.pad_token_id)
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -228,33 +233,37 @@ def test_batch_indices_are_a_function_of_the_step():
 
 # ------------------------------------------------------------------------------------------------- data
 
-def test_loads_the_shared_benchmarks_offline():
-    sets = evaluation.load_eval_sets("math500,aime24,amc23,gsm8k_test", SHARED, limit=0)
-    assert {k: len(v) for k, v in sets.items()} == {"math500": 500, "aime24": 30, "amc23": 40, "gsm8k_test": 1319}
+def test_benchmark_names_load_the_shipped_copies_offline_and_data_dir_comes_first(tmp_path):
+    sets = data.load_eval_sets("math500,aime24,aime25,amc23")  # no --data_dir, no network: the shipped copies
+    assert {k: len(v) for k, v in sets.items()} == {"math500": 500, "aime24": 30, "aime25": 30, "amc23": 40}
     assert sets["math500"][0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert all(r["problem"] and r["answer"] for rows in sets.values() for r in rows)
+    (tmp_path / "math500.jsonl").write_text('{"problem": "1+1", "answer": "2"}\n')
+    assert [r["problem"] for r in data.load_eval_sets("math500", str(tmp_path))["math500"]] == ["1+1"]
+    assert len(data.load_eval_sets("aime24", str(tmp_path))["aime24"]) == 30  # not in data_dir: shipped
 
 
 def test_bad_data_gets_a_clear_error(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": ')
     with pytest.raises(SystemExit, match="bad.jsonl: line 2 is not valid JSON"):
-        evaluation.load_rows(str(bad))
+        data.load_rows(str(bad))
     nofield = tmp_path / "nofield.jsonl"
     nofield.write_text('{"text": "1+1", "answer": "2"}\n')
     with pytest.raises(SystemExit, match=r"nofield.jsonl: no problem field .*columns are \['text', 'answer'\]"):
-        evaluation.load_rows(str(nofield))
+        data.load_rows(str(nofield))
     nontext = tmp_path / "nontext.jsonl"
     nontext.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": 5, "answer": "3"}\n')
     with pytest.raises(SystemExit, match="nontext.jsonl: row 1, field 'problem'"):
-        evaluation.load_rows(str(nontext))
+        data.load_rows(str(nontext))
     noanswer = tmp_path / "noanswer.jsonl"
     noanswer.write_text('{"problem": "1+1"}\n')
     with pytest.raises(SystemExit, match="no answer field"):
-        evaluation.load_rows(str(noanswer))
-    assert evaluation.load_rows(str(noanswer), need_answer=False)[0]["answer"] is None  # SRT needs none
+        data.load_rows(str(noanswer))
+    assert data.load_rows(str(noanswer), need_answer=False)[0]["answer"] is None  # SRT needs none
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(SystemExit, match="empty.jsonl: no rows"):
-        evaluation.load_rows(str(tmp_path / "empty.jsonl"))
+        data.load_rows(str(tmp_path / "empty.jsonl"))
     with pytest.raises(SystemExit, match="could not load model 'no/such-model-offline'"):
         load_model("no/such-model-offline")
 
@@ -264,10 +273,10 @@ def test_answer_fields_and_duplicates(tmp_path):
     rows = [{"question": "q1", "solution": "so $\\boxed{\\frac{1}{2}}$."}, {"question": "q1", "solution": "\\boxed{3}"},
             {"question": "q2", "solution": "\\boxed{4}"}]
     f.write_text("\n".join(json.dumps(r) for r in rows))
-    out = evaluation.load_rows(str(f))
+    out = data.load_rows(str(f))
     assert [(r["problem"], r["answer"]) for r in out] == [("q1", "\\frac{1}{2}"), ("q2", "4")]
-    assert evaluation.answer_text("Natalia sold 48/2 = 24 clips.\n#### 1,072", "answer") == "1072"
-    assert evaluation.answer_text(27.0, "answer") == "27"
+    assert data.answer_text("Natalia sold 48/2 = 24 clips.\n#### 1,072", "answer") == "1072"
+    assert data.answer_text(27.0, "answer") == "27"
 
 
 def test_tiny_task_answers_are_right_and_heldout_is_disjoint():
@@ -276,17 +285,53 @@ def test_tiny_task_answers_are_right_and_heldout_is_disjoint():
         a, b = r["problem"].split("+")
         assert int(r["answer"]) == int(a) + int(b)
         assert r["solution"].endswith(f"\\boxed{{{r['answer']}}}")
-    train = selftrain.load_train_rows(Config(train_data="tiny", label="majority"))
-    held = {r["problem"] for r in evaluation.tiny_heldout()}
+    train = data.load_train_rows(Config(train_data="tiny", label="majority"))
+    held = {r["problem"] for r in testbed.tiny_heldout()}
     assert not held & {r["problem"] for r in train}
 
 
 def test_config_flags_and_tiny_defaults():
     cfg = parse_config(["--tiny", "--lr", "1e-4", "--amp", "false"])
     assert cfg.tiny and cfg.model == "tiny" and cfg.lr == 1e-4 and cfg.amp is False and cfg.samples_per_prompt == 16
+    assert cfg.entropy_coef == 0.0  # the testbed pins no entropy bonus: the miniature runs were made so
     cfg = parse_config([])
     assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.lr == 1e-6 and cfg.kl_coef == 0.001
+    assert cfg.entropy_coef == 0.001  # the paper's released script leaves verl's default entropy_coeff on
     assert "majority answer" in selftrain.field_docs(Config)["label"]
+
+
+def test_help_is_the_first_command_a_newcomer_types(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for f in selftrain.fields(Config):  # every flag is listed with its one line of help
+        assert f"--{f.name}" in out and selftrain.field_docs(Config)[f.name]
+    assert "--early_stop" in out and "Algorithm 1" in out
+
+
+def tracked_files():
+    """The repository's tracked text files (git ls-files), or every file outside ignored folders."""
+    import subprocess
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=HERE, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        names = [os.path.relpath(os.path.join(d, f), HERE) for d, dirs, files in os.walk(HERE) for f in files
+                 if not any(p.startswith((".", "out", "__")) or p == "testbed" for p in os.path.relpath(d, HERE).split(os.sep))]
+    return [n for n in names if n.endswith((".py", ".md", ".txt", ".jsonl", ".json", ".cfg", ".toml", "run"))
+            and os.path.exists(os.path.join(HERE, n))]
+
+
+def test_no_tracked_file_refers_to_what_a_clone_does_not_have():
+    """A user's clone has no workspace folder beside it, no private notes and no tracker: cite the paper and
+    public repositories instead. (The patterns are built so this file does not match itself.)"""
+    import re
+    outside = re.compile("|".join([r"\.\./" + "shared", "paper" + "-notes", "hub" + "-facts", "[Ii]ssue" + r" [0-9]"]))
+    files = tracked_files()
+    assert "selftrain.py" in files and "README.md" in files
+    hits = [f"{name}:{i}" for name in files for i, line in enumerate(open(os.path.join(HERE, name), encoding="utf-8",
+                                                                           errors="replace"), 1) if outside.search(line)]
+    assert not hits, hits
 
 
 # ----------------------------------------------------------------------------------- the loop, end to end
@@ -308,17 +353,22 @@ def metrics(cfg):
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(8, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
     full = run(tmp_path, "full")
     selftrain.main(full)
     part = run(tmp_path, "part", steps=2)
-    selftrain.main(part)  # "killed" after step 2's checkpoint
+    selftrain.main(part)  # "killed" after step 2's checkpoint ...
+    for name in ("metrics.jsonl", "eval.jsonl"):  # ... and after logging step 3, before its checkpoint
+        with open(os.path.join(part.out_dir, name), "a") as f:
+            f.write(json.dumps({"step": 3, "reward": -1.0}) + "\n")
     resumed = run(tmp_path, "part", resume=True)
     selftrain.main(resumed)
     drop = ("rollout_s", "reward_s", "update_s", "tok_per_s", "mfu")
     a = [{k: v for k, v in m.items() if k not in drop} for m in metrics(full)]
     b = [{k: v for k, v in m.items() if k not in drop} for m in metrics(resumed)]
-    assert a == b and len(a) == 3
+    assert a == b and len(a) == 3  # the rows logged past the checkpoint were dropped, not appended twice
+    assert "reward" in a[0] and "pseudo_reward" not in a[0]  # one key in every mode
+    assert [json.loads(l)["step"] for l in open(os.path.join(part.out_dir, "eval.jsonl"))] == [0, 2, 3]
     assert a[0]["kl"] == pytest.approx(0, abs=1e-6) and a[2]["kl"] > 0  # the policy moved off the start
     assert os.path.exists(os.path.join(full.out_dir, "ckpt", "model.safetensors"))
     assert not glob.glob(os.path.join(full.out_dir, "ckpt.*"))  # no temporary or old folder left behind
@@ -330,7 +380,7 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
 def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path, monkeypatch):
     # Evals sample from their own stream: more evals must not change what training draws, and SRT and
     # gold runs of one seed must score the same start model identically (else the start rows differ).
-    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(8, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
     few, many = run(tmp_path, "few", steps=2, eval_every=0), run(tmp_path, "many", steps=2, eval_every=1)
     gold = run(tmp_path, "gold", steps=1, label="gold")
     for cfg in (few, many, gold):
@@ -344,7 +394,7 @@ def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path
 
 
 def test_gold_label_run_logs_true_rewards(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(8, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
     cfg = run(tmp_path, "gold", label="gold", steps=2)
     selftrain.main(cfg)
     m = metrics(cfg)
@@ -578,17 +628,16 @@ def test_hostile_inputs(bad, capfd):
 
 def test_model_text_is_never_evaluated(monkeypatch):
     import builtins
-    import rewards
-    for cached in (rewards._normalize, rewards._parse, rewards._equiv_cached):
+    for cached in (grader._normalize, grader._parse, grader._equiv_cached):
         cached.cache_clear()          # make sure the sympy path really runs
-    rewards._verdicts.clear()
+    grader._verdicts.clear()
     calls = []
     for name in ("eval", "exec", "compile"):
         real = getattr(builtins, name)
         # sympy lazily imports modules (exec of code objects); source *strings* must never run.
         monkeypatch.setattr(builtins, name, lambda *a, _real=real, **k: (
             calls.append(a[0]) if a and isinstance(a[0], str) else None, _real(*a, **k))[1])
-    in_process = lambda a, b: rewards._equiv_norm(normalize_answer(a), normalize_answer(b))
+    in_process = lambda a, b: grader._equiv_norm(normalize_answer(a), normalize_answer(b))
     for bad in HOSTILE[:6]:
         is_equiv(bad, "0")
         self_rewards(["\\boxed{" + bad + "}", "\\boxed{1}"])
@@ -625,7 +674,7 @@ def test_normalize_examples():
     assert normalize_answer("\\dfrac{1}{2}") == normalize_answer("0.5")
 
 
-MATH500 = os.path.join(SHARED, "math500.jsonl")
+MATH500 = os.path.join(HERE, "benchmarks", "math500.jsonl")
 
 
 def test_math500_solutions_grade_correct():
@@ -674,19 +723,19 @@ def test_real_model_path_with_smollm2():
     assert torch.isfinite(logp).all() and (logp[mask.bool()] < 0).all() and (ent[mask.bool()] > 0).all()
 
 
-# ------------------------------------------------------------------ issue 4: mitigations of reward hacking
+# ------------------------------------------------------------------ mitigations of reward hacking (paper §5)
 
 def test_offline_labels_replace_the_majority_and_curriculum_keeps_the_easiest():
     # offline mode takes the teacher's fixed label even where the group's own majority disagrees
-    label, r, maj, count = selftrain.label_and_reward(["7", "7", "3"], "3", "offline")
+    label, r, maj, count = label_and_reward(["7", "7", "3"], "3", "offline")
     assert (label, r, maj, count) == ("3", [0.0, 0.0, 1.0], "7", 2)
     votes = [{"share": s} for s in (0.25, 1.0, 0.5, 1.0, 0.75, 0.0)]
-    assert selftrain.easiest(votes, 0.5) == [1, 3, 4]          # highest shares, in dataset order
-    assert selftrain.easiest(votes, 0.01) == [1]                # never empty
+    assert mitigations.easiest(votes, 0.5) == [1, 3, 4]          # highest shares, in dataset order
+    assert mitigations.easiest(votes, 0.01) == [1]                # never empty
 
 
 def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(4, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(4, seed=testbed.EVAL_SEED))
     monkeypatch.setattr(selftrain, "load_train_rows", lambda cfg: tiny_task(8, seed=5))
     cfg = run(tmp_path, "offline", label="offline", curriculum=0.5, teacher_samples=4, steps=1, kl_coef=0.0)
     selftrain.main(cfg)
@@ -695,12 +744,12 @@ def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkey
     assert len(votes) == 8 and all(0 <= v["share"] <= 1 for v in votes)
     assert sum(v["label"] is not None for v in votes) >= 6      # the warm-up model answers most prompts
     calls = []
-    monkeypatch.setattr(selftrain, "rollout", lambda *a, **k: calls.append(1) or [])
-    assert selftrain.teacher_votes(None, None, [[1]] * 8, cfg, [], False) == votes and not calls  # cached
+    monkeypatch.setattr(mitigations, "rollout", lambda *a, **k: calls.append(1) or [])
+    assert mitigations.teacher_votes(None, None, [[1]] * 8, cfg, []) == votes and not calls  # cached
 
 
 def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "tiny_heldout", lambda n=200: tiny_task(4, seed=evaluation.TINY_EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(4, seed=testbed.EVAL_SEED))
     # 1/B of the prompts always "share" an answer, so an alarm at 0.01 fires on the first step
     cfg = run(tmp_path, "alarm", collapse_alarm=0.01)
     selftrain.main(cfg)
@@ -720,10 +769,10 @@ def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_pat
 
 def test_test_time_training_trains_on_the_eval_problems():
     cfg = parse_config(["--tiny", "--ttt"])
-    assert [r["problem"] for r in selftrain.load_train_rows(cfg)] == [r["problem"] for r in evaluation.tiny_heldout()]
+    assert [r["problem"] for r in data.load_train_rows(cfg)] == [r["problem"] for r in testbed.tiny_heldout()]
 
 
-# ------------------------------------------------------------------- issue 7: the ablation knobs, one flag each
+# ------------------------------------------------------------------- the ablation knobs, one flag each
 
 import math
 from collections import Counter
@@ -735,11 +784,11 @@ KNOBS = ["advantage", "reward_shape", "min_majority_share", "samples_per_prompt"
          "kl_in", "kl_estimator", "entropy_coef", "loss_agg"]
 
 
-def test_every_knob_is_documented_in_help_and_readme():
+def test_every_knob_is_documented_in_help_and_docs():
     docs = selftrain.field_docs(Config)
     assert set(docs) == {f.name for f in selftrain.fields(Config)}  # every flag has its --help line
-    readme = open(os.path.join(HERE, "README.md")).read()
-    table = readme[readme.index("## Ablation knobs"):]
+    page = open(os.path.join(HERE, "docs", "knobs.md")).read()
+    table = page[page.index("## Ablation knobs"):]
     table = table[:table.index("\n## ", 3)]
     for k in KNOBS:
         assert f"`--{k}" in table, k
@@ -856,7 +905,7 @@ def test_entropy_bonus_raises_entropy():
 
     before, adv, cpu = entropy(), torch.zeros(4), torch.device("cpu")
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0), cpu, False, tok.pad_token_id)
+    st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0, entropy_coef=0.0), cpu, False, tok.pad_token_id)
     assert st["trained_seqs"] == 0 and entropy() == before   # A = 0 and no bonus: nothing to learn
     st = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0, entropy_coef=1.0), cpu, False,
                           tok.pad_token_id)
@@ -870,9 +919,9 @@ def test_several_updates_per_batch_make_the_ratio_and_clip_work():
     outs = make_rollouts(tok, [r["problem"] for r in rows], [r["solution"] for r in rows])
     adv, cpu = torch.tensor([1.0, -1.0, 1.0, -1.0]), torch.device("cpu")
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    one = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0), cpu, False, tok.pad_token_id)
+    one = selftrain.update(model, None, opt, outs, adv, Config(kl_coef=0.0, entropy_coef=0.0), cpu, False, tok.pad_token_id)
     assert one["approx_kl"] == 0 and one["clip_frac"] == 0            # one on-policy update: ratio == 1
-    cfg = Config(kl_coef=0.0, ppo_epochs=2, minibatches=2)
+    cfg = Config(kl_coef=0.0, entropy_coef=0.0, ppo_epochs=2, minibatches=2)
     with pytest.raises(AssertionError, match="sampling policy's log-probs"):
         selftrain.update(model, None, opt, outs, adv, cfg, cpu, False, tok.pad_token_id)
     old = selftrain.sequence_logprobs(model, outs, cfg, cpu, False, tok.pad_token_id)
@@ -916,16 +965,19 @@ def test_online_filter_drops_disputed_prompts_and_refills_the_batch():
     group = lambda i: [Rollout([], [], text(i if i % 2 == 0 else f"{i}{j}"), False) for j in range(3)]
     roll = lambda idx: [o for i in idx for o in group(i)]
     first = [0, 1, 3]
-    batch, outs = selftrain.online_filter(first, roll(first), roll, step=5, n_rows=40, cfg=cfg)
+    filtered = lambda first, roll: selftrain.online_filter(first, roll(first), selftrain.vote(roll(first), 3),
+                                                           roll, 5, 40, cfg)
+    batch, outs, groups = filtered(first, roll)
     assert len(batch) == 3 and len(outs) == 9 and batch[0] == 0 and all(i % 2 == 0 for i in batch)
     assert [o.text for o in outs] == [o.text for o in roll(batch)]          # each prompt keeps its own group
-    assert selftrain.online_filter(first, roll(first), roll, 5, 40, cfg) == (batch, outs)  # seeded: resumable
+    assert groups == selftrain.vote(outs, 3)                                # and its own vote, taken once
+    assert filtered(first, roll) == (batch, outs, groups)                   # seeded: resumable
     odd = lambda idx: [o for i in idx for o in group(2 * i + 1)]            # nothing ever passes
-    batch, outs = selftrain.online_filter([0, 1, 2], odd([0, 1, 2]), odd, 5, 40, cfg)
-    assert len(batch) == 1 and len(outs) == 3                               # never an empty batch
+    batch, outs, groups = filtered([0, 1, 2], odd)
+    assert len(batch) == 1 and len(outs) == 3 and len(groups) == 1          # never an empty batch
 
 
-# ------------------------------------------------------------ issue 6: faults, resume, ecosystem, TRL
+# ------------------------------------------------------------ faults, resume, ecosystem, TRL
 
 def fast_run(tmp_path, monkeypatch, name, **kw):
     """A tiny run without held-out evaluation (stubbed): 2 prompts x 4 samples per step."""
@@ -945,32 +997,32 @@ def test_checkpoints_keep_the_last_k_and_resume_takes_the_newest(tmp_path, tiny)
     cfg = Config(out_dir=str(tmp_path / "run"), keep_ckpts=2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for step in (1, 2, 3):
-        selftrain.save_checkpoint(model, tok, opt, step, cfg)
+        runtime.save_checkpoint(model, tok, opt, step, cfg)
     assert sorted(os.listdir(cfg.out_dir)) == ["ckpt", "ckpt-2"]  # the oldest was rotated away
-    assert selftrain.checkpoints(cfg.out_dir) == [(2, cfg.out_dir + "/ckpt-2"), (3, cfg.out_dir + "/ckpt")]
+    assert runtime.checkpoints(cfg.out_dir) == [(2, cfg.out_dir + "/ckpt-2"), (3, cfg.out_dir + "/ckpt")]
     # a crashed save (ckpt.tmp, no trainer_state.json) never counts; nor does an unrelated folder
     os.makedirs(os.path.join(cfg.out_dir, "ckpt.tmp"))
     os.makedirs(os.path.join(cfg.out_dir, "ckpt-9"))
     cfg.resume = True
-    assert selftrain.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt"
+    assert runtime.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt"
     # killed between the two renames of a save: the newest complete one is ckpt-2
     shutil.rmtree(os.path.join(cfg.out_dir, "ckpt"))
-    assert selftrain.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt-2"
+    assert runtime.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt-2"
     random.seed(5)
     expected = random.random()
     random.seed(5)
-    selftrain.save_checkpoint(model, tok, opt, 4, cfg)  # saves the python RNG state ...
+    runtime.save_checkpoint(model, tok, opt, 4, cfg)  # saves the python RNG state ...
     random.seed(0)
-    assert selftrain.load_checkpoint(opt, selftrain.checkpoint_to_resume(cfg)) == 4
+    assert runtime.load_checkpoint(opt, runtime.checkpoint_to_resume(cfg)) == 4
     assert random.random() == expected  # ... and restores it
     with pytest.raises(SystemExit, match="holds checkpoints of an earlier run .*step 4.*--resume"):
-        selftrain.checkpoint_to_resume(Config(out_dir=cfg.out_dir))  # a fresh run never rotates them away
+        runtime.checkpoint_to_resume(Config(out_dir=cfg.out_dir))  # a fresh run never rotates them away
     with pytest.raises(SystemExit, match="--resume: no checkpoint in"):
-        selftrain.checkpoint_to_resume(Config(out_dir=str(tmp_path / "none"), resume=True))
+        runtime.checkpoint_to_resume(Config(out_dir=str(tmp_path / "none"), resume=True))
     keep_all = Config(out_dir=str(tmp_path / "all"), keep_ckpts=0)
     for step in (1, 2, 3):
-        selftrain.save_checkpoint(model, tok, opt, step, keep_all)
-    assert [s for s, _ in selftrain.checkpoints(keep_all.out_dir)] == [1, 2, 3]
+        runtime.save_checkpoint(model, tok, opt, step, keep_all)
+    assert [s for s, _ in runtime.checkpoints(keep_all.out_dir)] == [1, 2, 3]
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, monkeypatch):
@@ -995,12 +1047,12 @@ def test_sigterm_saves_a_checkpoint_and_resume_continues(tmp_path, monkeypatch):
     assert p.returncode != 0 and "stopped by SIGTERM" in err, err[-2000:]
     done = len(open(log).read().splitlines())
     assert 1 <= done < 1000
-    assert selftrain.checkpoints(out) == [(done, os.path.join(out, "ckpt"))]
+    assert runtime.checkpoints(out) == [(done, os.path.join(out, "ckpt"))]
     resumed = fast_run(tmp_path, monkeypatch, "killed", resume=True, steps=done + 1, max_new_tokens=8,
                        eval_data=str(heldout), save_every=1000)
     selftrain.main(resumed)
     assert [m["step"] for m in metrics(resumed)] == list(range(1, done + 2))
-    assert selftrain.checkpoints(out)[-1][0] == done + 1
+    assert runtime.checkpoints(out)[-1][0] == done + 1
 
 
 def test_nan_in_the_loss_skips_the_update_and_never_touches_the_weights(tiny, monkeypatch, capsys):
@@ -1010,14 +1062,14 @@ def test_nan_in_the_loss_skips_the_update_and_never_touches_the_weights(tiny, mo
     monkeypatch.setattr(selftrain, "policy_loss", lambda *a: (real(*a)[0] * float("nan"), real(*a)[1]))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
-    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0),
+    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0, entropy_coef=0.0),
                           torch.device("cpu"), False, tok.pad_token_id)
     assert st["skipped"] == "non-finite loss"
     assert "warning: non-finite loss" in capsys.readouterr().out
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not opt.state  # AdamW's moments never saw it either
     monkeypatch.setattr(selftrain, "policy_loss", real)  # the same batch, finite: it does update
-    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0),
+    st = selftrain.update(model, None, opt, outs, torch.tensor([1.0, -1.0]), Config(kl_coef=0.0, entropy_coef=0.0),
                           torch.device("cpu"), False, tok.pad_token_id)
     assert st["skipped"] is None and not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     with torch.no_grad():
@@ -1033,7 +1085,7 @@ def test_repeated_nonfinite_rewards_stop_the_run_with_a_checkpoint(tmp_path, mon
         selftrain.main(cfg)
     assert [m["skipped"] for m in metrics(cfg)] == ["non-finite rewards"] * 2
     assert "no update: non-finite rewards" in capsys.readouterr().out
-    assert selftrain.checkpoints(cfg.out_dir) == [(2, os.path.join(cfg.out_dir, "ckpt"))]
+    assert runtime.checkpoints(cfg.out_dir) == [(2, os.path.join(cfg.out_dir, "ckpt"))]
     start, saved = tensors(WARM), tensors(os.path.join(cfg.out_dir, "ckpt"))
     assert all(torch.equal(start[k], saved[k]) for k in start)
 
@@ -1056,7 +1108,7 @@ def test_degenerate_batches_take_no_update_and_wandb_logs_the_same_metrics(tmp_p
     assert [(s, r) for s, r in logged if r] == \
            [(r["step"], {k: v for k, v in r.items() if v is not None and k != "step"}) for r in m]
     # a real SRT batch has signal
-    assert selftrain.skip_reason(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), [True, True]) is None
+    assert runtime.skip_reason(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), [True, True]) is None
 
 
 def test_out_of_memory_names_the_knob_to_lower(tmp_path, monkeypatch):
@@ -1076,18 +1128,18 @@ def test_out_of_memory_names_the_knob_to_lower(tmp_path, monkeypatch):
 
 def test_data_problems_name_the_source_row_and_field(tmp_path, capsys):
     with pytest.raises(SystemExit, match="missing.jsonl: no such file"):
-        evaluation.load_rows(str(tmp_path / "missing.jsonl"))
+        data.load_rows(str(tmp_path / "missing.jsonl"))
     notrec = tmp_path / "notrec.jsonl"
     notrec.write_text('{"problem": "1+1", "answer": "2"}\n[1, 2]\n')
     with pytest.raises(SystemExit, match=r"notrec.jsonl: row 1: expected a record with fields, got \[1, 2\]"):
-        evaluation.load_rows(str(notrec))
+        data.load_rows(str(notrec))
     with pytest.raises(SystemExit, match="unknown eval set 'math5000': use a benchmark name .*math500"):
-        evaluation.load_eval_sets("math5000", str(tmp_path))
+        data.load_eval_sets("math5000", str(tmp_path))
     with pytest.raises(SystemExit, match="could not load dataset 'no-such-owner/no-such-set'"):
-        evaluation.load_rows("no-such-owner/no-such-set")  # offline here; unknown on the hub
+        data.load_rows("no-such-owner/no-such-set")  # offline here; unknown on the hub
     dup = tmp_path / "dup.jsonl"
     dup.write_text('{"problem": "1+1", "answer": "2"}\n{"problem": "1+1", "answer": "2"}\n{"problem": "2+2", "answer": "4"}\n')
-    assert [r["problem"] for r in evaluation.load_rows(str(dup))] == ["1+1", "2+2"]
+    assert [r["problem"] for r in data.load_rows(str(dup))] == ["1+1", "2+2"]
     assert "dup.jsonl: dropped 1 duplicate problems" in capsys.readouterr().out
 
 
@@ -1137,7 +1189,7 @@ def test_trl_grpo_trainer_trains_the_testbed_with_the_srt_reward(tmp_path):
     assert any(0 < sum(r) < 4 for _, _, r in calls)  # some step had signal ...
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # ... and it trained
 
-# -------------------------------------------------------------------- issue 3: grader vs other graders' suites
+# -------------------------------------------------------------------- the grader vs other graders' suites
 # Forms from Math-Verify's, Qwen2.5-Math's and Hendrycks MATH's test cases, and traps for graders that
 # compare with a tolerance. Decimals never equal irrational or repeating values (a false positive is worse
 # than a false negative), so "(-1.732, 1.732)" is not "(-\sqrt{3},\sqrt{3})" here although some graders say so.
@@ -1202,14 +1254,13 @@ SLOW_PAIR = (",".join(f"\\tan^{{2}}({k}x+\\sqrt{{{k}}})+1" for k in range(1, 33)
 
 def test_hard_time_cap_holds_off_the_main_thread_and_kills_the_worker(monkeypatch):
     import threading
-    import rewards
-    monkeypatch.setattr(rewards, "TIME_LIMIT_S", 0.3)
+    monkeypatch.setattr(grader, "TIME_LIMIT_S", 0.3)
     out = []
 
     def timed(f, *args):
-        rewards._verdicts.clear()
+        grader._verdicts.clear()
         assert is_equiv("\\tan^2 x + 1", "\\sec^2 x")      # a warm worker: its ~1 s start is not capped
-        worker = rewards._idle[-1]
+        worker = grader._idle[-1]
         t = time.monotonic()
         out.append((f(*args), time.monotonic() - t, worker))
 
@@ -1220,14 +1271,14 @@ def test_hard_time_cap_holds_off_the_main_thread_and_kills_the_worker(monkeypatc
     assert verdict is False and vote == (SLOW_PAIR[0], 1)   # no verdict in time -> not merged
     assert t1 < 2.0 and t2 < 2.0                            # the cap, not the 4-8 s of work
     for worker in (w1, w2):                                  # the overrunning workers were killed and reaped
-        assert worker.poll() is not None and worker not in rewards._idle
+        assert worker.poll() is not None and worker not in grader._idle
         with pytest.raises(ProcessLookupError):
             os.kill(worker.pid, 0)
-    rewards._verdicts.clear()
+    grader._verdicts.clear()
     assert is_equiv("\\tan^2 x + 1", "\\sec^2 x")            # and a fresh worker takes over
-    os.kill(rewards._idle[-1].pid, 9)                         # one that dies while idle is replaced too
-    rewards._idle[-1].wait()
-    rewards._verdicts.clear()
+    os.kill(grader._idle[-1].pid, 9)                         # one that dies while idle is replaced too
+    grader._idle[-1].wait()
+    grader._verdicts.clear()
     assert is_equiv("\\tan^2 x + 1", "\\sec^2 x")
 
 
@@ -1244,7 +1295,7 @@ def test_grader_threads_share_workers_and_none_outlive_the_process():
     for th in threads:
         th.join(60)
     assert [out[id(g)] for g in groups] == [[1.0, 1.0, 0.0]] * 2
-    code = "import rewards; assert rewards.is_equiv('x+1', '1+x'); print(rewards._idle[0].pid)"
+    code = "import grader; assert grader.is_equiv('x+1', '1+x'); print(grader._idle[0].pid)"
     pid = int(subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True, text=True,
                              check=True).stdout)
     time.sleep(0.2)
@@ -1253,7 +1304,7 @@ def test_grader_threads_share_workers_and_none_outlive_the_process():
 
 
 def test_bench_grader_reports_its_numbers():
-    from rewards import bench_grader
+    from bench import bench_grader
     stats = bench_grader()
     keys = {"answers_per_s", "vote32_ms", "vote32_ms_same", "vote32_ms_numeric", "vote32_ms_symbolic", "worker_start_ms"}
     assert set(stats) == keys and all(0 < v < float("inf") for v in stats.values())
@@ -1261,15 +1312,14 @@ def test_bench_grader_reports_its_numbers():
 
 
 def test_grader_without_subprocesses_compares_in_process(monkeypatch, capfd):
-    import rewards
-    monkeypatch.setattr(rewards, "_idle", [])                 # no warm worker,
-    monkeypatch.setattr(rewards.sys, "executable", "")        # and none can be started
-    monkeypatch.setattr(rewards, "_verdicts", {})
-    monkeypatch.setattr(rewards, "_fallback_warned", False)
+    monkeypatch.setattr(grader, "_idle", [])                 # no warm worker,
+    monkeypatch.setattr(grader.sys, "executable", "")        # and none can be started
+    monkeypatch.setattr(grader, "_verdicts", {})
+    monkeypatch.setattr(grader, "_fallback_warned", False)
     assert is_equiv("\\frac{\\sqrt{7}}{7}", "\\frac{1}{\\sqrt{7}}") and not is_equiv("\\sqrt{7}", "7")
     assert "without a time cap" in capfd.readouterr().err
 
-# ------------------------------------------------------------------------------------ issue 5: bench.py
+# ------------------------------------------------------------------------------------ bench.py and miniature.py
 
 def test_bench_baselines_compute_the_same_thing_and_zero_signal_work_is_counted(tiny):
     """bench.py's ratios mean something only if (a) its naive log-prob baseline computes the same log-probs
@@ -1297,7 +1347,7 @@ def test_bench_baselines_compute_the_same_thing_and_zero_signal_work_is_counted(
         packed = []
         with bench.record_packed(packed):
             selftrain.update(model, ref_model, torch.optim.SGD(model.parameters(), lr=0.0), outs, adv,
-                             Config(micro_batch=3, kl_coef=kl), torch.device("cpu"), False, tok.pad_token_id)
+                             Config(micro_batch=3, kl_coef=kl, entropy_coef=0.0), torch.device("cpu"), False, tok.pad_token_id)
         assert bench.zero_signal(outs, adv, packed, 2) == (2, 4, expected)
         assert {id(o) for o in outs[2:4] + outs[6:8]} <= {id(o) for o in packed}  # groups with signal train
     assert selftrain.pack is pack  # the wrapper is removed afterwards
@@ -1313,7 +1363,7 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
         (d / "done.json").write_text(json.dumps({"flags": miniature.RUNS[name], "seconds": 60}))
         (d / "eval.jsonl").write_text("".join(json.dumps({"step": 25 * i, "tiny": {"avg": a, "maj": m}}) + "\n"
                                               for i, (a, m) in enumerate(zip(avgs, majs))))
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "pseudo_reward": p, "same_answer": p})
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "reward": p, "same_answer": p})
                                                  + "\n" for s, p in enumerate(pseudo)))
 
     fake("srt-s0", [0.3, 0.5, 0.45], [0.6, 0.8, 0.7], [0.5] * 12)
@@ -1326,7 +1376,7 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     assert "by step 60: +20.0" in verdict["1"][0]
     assert verdict["2"][1] is False and verdict["2"][0].startswith("0.67")  # SRT +20 / gold +30 < 0.75
     assert sweep["srt"] == {"2e-5": pytest.approx(0.2)} and "srt-lr4e-5" in miniature.RUNS
-    assert verdict["3"][1] is True and verdict["4"][1] is True and "pseudo_reward (step 8)" in verdict["4"][0]
+    assert verdict["3"][1] is True and verdict["4"][1] is True and "reward (step 8)" in verdict["4"][0]
     assert "collapse-fast (lr 3e-4): pseudo-reward max 0.40" in verdict["4"][0]
     assert verdict["5"] == ("not run", False)
     # a run finished with other flags is stale: neither reported nor counted

@@ -1,0 +1,98 @@
+"""Mitigations of reward hacking (paper §5), beside the method: prolonged SRT can learn to agree with itself
+instead of being right, since one answer for every prompt maximises the self-consistency reward.
+
+Before training, the fixed start model votes once on every prompt (`teacher_votes`): its majority answers
+are the offline labels (--label offline), and its majority shares rank the prompts for the label-free
+curriculum (--curriculum, `easiest`). During training, early stopping keeps the model that scores best on a
+small labelled hold-out (--early_stop, `keep_best`), and a label-free alarm stops a run whose prompts all
+get one answer (--collapse_alarm). The online filter (--filter_share) changes each step's batch, so it sits
+beside the loop in selftrain.py.
+"""
+import json
+import os
+import shutil
+
+from tqdm import tqdm
+
+from model import rollout
+from rewards import extract_answer, majority_vote
+from runtime import save_model
+
+
+def teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids):
+    """The start model's majority answer and majority share for every training prompt, computed once before
+    training and cached in out_dir/teacher.json: the fixed teacher's offline labels, and the label-free
+    difficulty ranking of the curriculum (a high share means an easy prompt)."""
+    path = os.path.join(cfg.out_dir, "teacher.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    k, votes, per_call = cfg.teacher_samples, [], max(1, cfg.gen_chunk // cfg.teacher_samples)
+    for s in tqdm(range(0, len(prompt_ids), per_call), desc="teacher votes", leave=False):
+        outs = rollout(model, tokenizer, prompt_ids[s:s + per_call], k, cfg.max_new_tokens, cfg.temperature,
+                       cfg.top_p, cfg.gen_chunk, stop_ids, cfg.amp)
+        for g in range(len(outs) // k):
+            label, count = majority_vote([extract_answer(o.text) for o in outs[g * k:(g + 1) * k]])
+            votes.append({"label": label, "share": count / k})
+    with open(path + ".tmp", "w") as f:
+        json.dump(votes, f)
+    os.replace(path + ".tmp", path)
+    return votes
+
+
+def easiest(votes, fraction):
+    """The label-free curriculum: indices of the `fraction` of prompts with the highest start-model majority
+    share, in dataset order (ties keep dataset order). The paper keeps the easiest third of DAPO."""
+    ranked = sorted(range(len(votes)), key=lambda i: -votes[i]["share"])
+    return sorted(ranked[:max(1, round(fraction * len(votes)))])
+
+
+def offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids):
+    """--label offline: each row's 'teacher' label is the start model's majority answer, never updated.
+    --curriculum F: keep the fraction F of prompts the start model agrees on most. -> (rows, prompt_ids)."""
+    votes = teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids)
+    for r, v in zip(rows, votes):
+        r["teacher"] = v["label"]
+    if cfg.curriculum < 1:
+        easy = easiest(votes, cfg.curriculum)
+        print(f"curriculum: kept the {len(easy)} easiest of {len(rows)} prompts (start-model majority share "
+              f">= {min(votes[i]['share'] for i in easy):.2f})")
+        rows, prompt_ids = [rows[i] for i in easy], [prompt_ids[i] for i in easy]
+    return rows, prompt_ids
+
+
+def keep_best(model, tokenizer, results, step, best, val_names, cfg):
+    """Early stopping: when the mean avg@k over the labelled hold-out val_names beats best['avg'], record the
+    step and keep this model in out_dir/best (model None: only record, as when a resumed run replays
+    eval.jsonl). The run stops after --early_stop evaluations without a gain (see main)."""
+    if not val_names or not all(n in results for n in val_names):
+        return
+    avg = sum(results[n]["avg"] for n in val_names) / len(val_names)
+    if avg <= best["avg"]:
+        return
+    best.update(avg=avg, step=step)
+    if model is not None:
+        best_dir = os.path.join(cfg.out_dir, "best")
+        tmp = save_model(model, tokenizer, best_dir)
+        shutil.rmtree(best_dir, ignore_errors=True)
+        os.replace(tmp, best_dir)
+
+
+def best_so_far(val_names, start, cfg):
+    """The early-stopping record {avg, step} of a run resumed at step `start`, from its eval.jsonl."""
+    best, path = {"avg": -1.0, "step": start}, os.path.join(cfg.out_dir, "eval.jsonl")
+    if val_names and start > 0 and os.path.exists(path):
+        with open(path) as f:
+            for e in map(json.loads, f):
+                if e["step"] <= start:
+                    keep_best(None, None, e, e["step"], best, val_names, cfg)
+    return best
+
+
+def collapse_alarm(metrics, cfg):
+    """The label-free alarm: a reason to stop when a share of at least --collapse_alarm of the step's prompts
+    get one same majority answer (the paper's collapse signature), else None."""
+    if cfg.collapse_alarm and metrics["same_answer"] >= cfg.collapse_alarm:
+        return (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
+                f"(reward {metrics['reward']:.2f})")
+    return None

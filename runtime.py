@@ -1,0 +1,200 @@
+"""Run machinery: what a run of hours needs and the method does not (docs/faults.md).
+
+Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, Ctrl-C/SIGTERM, metrics.jsonl
+and wandb, and checkpoints with exact resume: save_pretrained folders plus optimizer, step and RNG state,
+written atomically and rotated.
+"""
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+
+# ------------------------------------------------------------------------------------------------------
+# Faults: steps that must not update, out-of-memory hints, stop signals.
+
+
+def skip_reason(R, labelled):
+    """Why this step should take no update, or None. R: rewards [B, n]; labelled: [B] bools.
+    Non-finite rewards would poison the weights. A batch where every group's rewards are equal (all agree
+    with the majority: unanimous) or that has no label (no sample answered) has zero advantage everywhere:
+    an update would only apply the KL pull and weight decay, so it is skipped."""
+    if not torch.isfinite(R).all():
+        return "non-finite rewards"
+    flat = (R == R[:, :1]).all(dim=1)                                      # [B]
+    if flat.all():
+        return f"no learning signal: every group's rewards are equal ({sum(not x for x in labelled)} with no answer)"
+    return None
+
+
+def no_update(reason):
+    tqdm.write(f"no update: {reason}")
+    return {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None, "clip_frac": 0.0, "approx_kl": 0.0,
+            "trained_seqs": 0, "skipped": reason}
+
+
+# What to lower when a phase runs out of GPU memory, first knob first (docs/gpu.md: memory budget).
+OOM_KNOBS = {"generation": ("gen_chunk", "max_new_tokens"),
+             "update": ("micro_batch", "logprob_chunk", "max_new_tokens")}
+
+
+@contextmanager
+def oom_hint(phase, cfg):
+    """Turn a CUDA out-of-memory error into the flag to lower, instead of a raw trace."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        knobs = ", then ".join(f"--{k} (now {getattr(cfg, k)})" for k in OOM_KNOBS[phase])
+        raise SystemExit(f"out of GPU memory in {phase}: lower {knobs}. "
+                         f"--resume continues from the last checkpoint in {cfg.out_dir}") from None
+
+
+def progress(total, desc):
+    """A transient bar for one phase: cleared when done, off when stderr is not a terminal."""
+    return tqdm(total=total, desc=desc, leave=False, disable=None)
+
+
+def catch_stop_signals():
+    """Ctrl-C or SIGTERM (a preempted cloud machine) asks the loop to stop at the end of the current step,
+    save a checkpoint and exit, so --resume continues exactly. A second signal quits at once (the last
+    checkpoint stands). Returns the list of signals received and a function restoring the old handlers."""
+    got, sigs = [], (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread():  # handlers can only be set there
+        return got, lambda: None
+
+    def handler(signum, frame):
+        if got:
+            raise KeyboardInterrupt
+        got.append(signal.Signals(signum).name)
+        tqdm.write(f"{got[0]}: stopping after this step with a checkpoint (send it again to quit now)")
+
+    old = [signal.signal(s, handler) for s in sigs]
+    return got, lambda: [signal.signal(s, h) for s, h in zip(sigs, old)]
+
+
+def halt_reason(stop, nonfinite_streak, cfg):
+    if stop:
+        return f"stopped by {stop[0]}"
+    if nonfinite_streak >= cfg.max_nonfinite > 0:
+        return (f"{nonfinite_streak} consecutive steps had a NaN/inf (loss, rewards or grad norm; the weights "
+                f"were never updated with it): try a lower --lr, or --amp false to rule out bf16")
+    return None
+
+
+# ------------------------------------------------------------------------------------------------------
+# Logging: metrics.jsonl always, Weights & Biases when asked for.
+
+
+def open_wandb(cfg):
+    """--wandb: a W&B run, imported only when asked for (wandb is optional)."""
+    if not cfg.wandb:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        raise SystemExit("--wandb needs the wandb package: pip install wandb") from None
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "selftrain"),
+                      name=os.path.basename(os.path.abspath(cfg.out_dir)), config=asdict(cfg))
+
+
+def log_row(cfg, file, row, wb, prefix=""):
+    """Append row to out_dir/<file>; with --wandb log the same numbers (a nested dict {set: {avg}} as set/avg)."""
+    with open(os.path.join(cfg.out_dir, file), "a") as f:
+        f.write(json.dumps(row) + "\n")
+    if wb is not None:
+        flat = {}
+        for k, v in row.items():
+            flat.update({f"{prefix}{k}/{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {prefix + k: v})
+        wb.log({k: v for k, v in flat.items() if v is not None and k != prefix + "step"}, step=row["step"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Checkpoints: save_pretrained folders plus optimizer, step and RNG state, written atomically.
+# out_dir/ckpt is always the newest; the ones before it are renamed out_dir/ckpt-<step>. The lr is constant
+# (paper), so there is no scheduler state, and numpy draws no random numbers here, so none is stored.
+
+
+def checkpoints(out_dir):
+    """Complete checkpoints in out_dir as (step, path), oldest first. trainer_state.json is written last
+    and a folder is only renamed into place once complete, so ckpt.tmp (a crashed save) never counts."""
+    found = []
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []:
+        state = os.path.join(out_dir, name, "trainer_state.json")
+        if re.fullmatch(r"ckpt(-\d+)?", name) and os.path.exists(state):
+            with open(state) as f:
+                found.append((json.load(f)["step"], os.path.join(out_dir, name)))
+    return sorted(found)
+
+
+def save_model(model, tokenizer, path, trainer_state=None):
+    """Write a save_pretrained folder (plus the trainer state, its .json last, marking it complete) to
+    path.tmp and return it; the caller renames it into place, so a crash mid-write never loses the last one."""
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if trainer_state is not None:
+        torch.save(trainer_state, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump({"step": trainer_state["step"]}, f)
+    return tmp
+
+
+def save_checkpoint(model, tokenizer, opt, step, cfg):
+    rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    final = os.path.join(cfg.out_dir, "ckpt")
+    tmp = save_model(model, tokenizer, final,
+                     {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)})
+    # The previous newest becomes ckpt-<its step>, and the oldest beyond keep_ckpts are deleted.
+    if os.path.exists(final):
+        with open(os.path.join(final, "trainer_state.json")) as f:
+            os.replace(final, f"{final}-{json.load(f)['step']}")
+    os.replace(tmp, final)
+    older = [path for _, path in checkpoints(cfg.out_dir) if path != final]
+    for path in older[:max(len(older) - cfg.keep_ckpts + 1, 0)] if cfg.keep_ckpts else []:
+        shutil.rmtree(path)
+
+
+def checkpoint_to_resume(cfg):
+    """With --resume, the newest complete checkpoint in out_dir; without, None. A fresh run refuses an
+    out_dir holding an earlier run's checkpoints: its own saves would rotate them away."""
+    found = checkpoints(cfg.out_dir)
+    if cfg.resume and not found:
+        raise SystemExit(f"--resume: no checkpoint in {cfg.out_dir}")
+    if found and not cfg.resume:
+        raise SystemExit(f"{cfg.out_dir} holds checkpoints of an earlier run (newest: step {found[-1][0]}): "
+                         f"add --resume to continue it, or choose another --out_dir")
+    return found[-1][1] if found else None
+
+
+def load_checkpoint(opt, path):
+    """Restore the optimizer, RNG states and step; the weights were loaded from the same folder."""
+    state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
+    opt.load_state_dict(state["optimizer"])
+    random.setstate(state["rng"]["python"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return state["step"]
+
+
+def truncate_logs(out_dir, step):
+    """On resume, drop the rows of metrics.jsonl and eval.jsonl logged after the checkpoint's step: a hard
+    crash after step s but before its checkpoint left them, and the resumed run logs those steps again."""
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        path = os.path.join(out_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(rows)
+            os.replace(path + ".tmp", path)
