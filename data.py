@@ -139,8 +139,8 @@ def load_eval_sets(spec, data_dir="", limit=0):
             rows = tiny.tiny_heldout()
         elif name == "tiny-val":
             rows = tiny.tiny_validation()
-        elif benchmark_path(name, data_dir):
-            rows = load_rows(benchmark_path(name, data_dir))
+        elif path := benchmark_path(name, data_dir):
+            rows = load_rows(path)
         elif name in BENCHMARKS:
             hub_id, config, split = BENCHMARKS[name]
             rows = load_rows(hub_id, config, split)

@@ -10,7 +10,7 @@ import re
 
 from grader import is_equiv, vote_classes
 
-__all__ = ["extract_answer", "is_equiv", "grade", "vote_classes", "majority_vote", "label_and_reward",
+__all__ = ["extract_answer", "is_equiv", "grade", "vote_classes", "majority_vote", "agreement", "label_and_reward",
            "self_rewards", "srt_reward"]
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
