@@ -21,6 +21,7 @@ BENCHMARKS = {
     "amc83": ("AI-MO/aimo-validation-amc", None, "train"),
     "gsm8k": ("openai/gsm8k", "main", "test"),
 }
+MATH_HUB = "DigitalLearningGmbH/MATH-lighteval"  # MATH: train 7,500 and test 5,000, answers in `solution`
 PROBLEM_FIELDS = ("problem", "question", "prompt", "Problem", "Question", "input")
 ANSWER_FIELDS = ("answer", "Answer", "final_answer", "ground_truth", "solution", "Solution")
 
@@ -154,11 +155,29 @@ def load_eval_sets(spec, data_dir="", limit=0):
     return sets
 
 
+def math12k(need_answer=False):
+    """The paper's training set, MATH-12K: MATH's 7,500 train and 5,000 test problems minus the 500 of MATH-500
+    (matched by problem text, whitespace aside), deduplicated: 12,000 problems from the lighteval splits."""
+    key = lambda problem: " ".join(problem.split())
+    held_out = {key(r["problem"]) for r in load_rows(os.path.join(SHIPPED, "math500.jsonl"))}
+    rows, seen = [], set()
+    for split in ("train", "test"):
+        for r in load_rows(MATH_HUB, None, split, need_answer=need_answer):
+            k = key(r["problem"])
+            if k not in held_out and k not in seen:
+                seen.add(k)
+                rows.append({**r, "id": f"{split}/{r['id']}"})
+    print(f"math12k: {len(rows)} problems (MATH train + test, minus MATH-500, deduplicated)")
+    return rows
+
+
 def load_train_rows(cfg):
     """The training problems of a run. SRT reads no answer; where the data has one, it is only logged."""
     if cfg.ttt:  # test-time training (TTRL): the held-out problems themselves, their answers only logged
         return [r for rows in load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit).values() for r in rows]
     if cfg.train_data == "tiny":
         return tiny.tiny_train(2000, seed=cfg.seed + 1)
+    if cfg.train_data == "math12k":
+        return math12k(need_answer=cfg.label == "gold")
     return load_rows(cfg.train_data, cfg.train_config, cfg.train_split, cfg.problem_field, cfg.answer_field,
                      need_answer=cfg.label == "gold")

@@ -7,10 +7,12 @@ Three jobs, one section each:
                      log-softmax for the whole batch.
 The offline testbed's tokenizer and model are built in tiny.py and go through exactly this code.
 """
+import functools
 import os
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # The user message of the paper's released code (examples/data_preprocess/dapo.py): problem + this suffix,
@@ -23,8 +25,9 @@ INSTRUCTION = " Let's think step by step and output the final answer within \\bo
 
 def load_model(name_or_path, device="cpu", gradient_checkpointing=False):
     """Load any HF causal LM and its tokenizer (a hub id, a save_pretrained folder, or a .gguf file).
-    Weights are fp32 (master weights for AdamW); bf16 comes
-    from autocast. Tokenizer pads on the left, so every prompt ends where its completion starts."""
+    Weights are fp32 (master weights for AdamW); bf16 comes from autocast, except in the LM head, which
+    stays fp32 for the sampler and the update alike (fp32_head). The tokenizer pads on the left, so every
+    prompt ends where its completion starts."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kw = {}
@@ -37,14 +40,32 @@ def load_model(name_or_path, device="cpu", gradient_checkpointing=False):
     except (OSError, ValueError) as e:
         raise SystemExit(f"could not load model '{name_or_path}' (a hub id or a local folder "
                          f"with config.json and weights): {e}") from None
+    if "gguf_file" in kw:  # dequantised to fp32 at load: drop the quantizer's record, which blocks saving
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         # Safe even when pad == EOS: completion masks come from the first stop token, never from pad.
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
+    fp32_head(model)
     if gradient_checkpointing:
         set_gradient_checkpointing(model)
     return model, tokenizer
+
+
+def _fp32_linear(linear, x):
+    with torch.autocast(x.device.type, enabled=False):
+        return F.linear(x.float(), linear.weight.float(), None if linear.bias is None else linear.bias.float())
+
+
+def fp32_head(model):
+    """Compute the LM head in fp32 even under bf16 autocast, in `generate` and in completion_logprobs alike.
+    bf16 logits are rounded by up to ~0.06 at magnitude 16, so the log-probs the sampler drew from and those
+    the update scores drift apart (SmolLM2-135M on CPU: 0.027 per token on average, up to 0.19). The head's
+    module keeps its weights, so checkpoints are unchanged; only its forward is replaced."""
+    head = model.get_output_embeddings()
+    head.forward = functools.partial(_fp32_linear, head)
 
 
 def set_gradient_checkpointing(model):
@@ -126,8 +147,9 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
 
     Runs in eval mode (gradient checkpointing would silently turn the KV cache off in train mode) and
     under inference_mode; at most `chunk` sequences are generated at once so the KV cache is bounded.
-    Every sampling knob is passed explicitly: transformers 5 otherwise fills unset ones from the model's
-    generation_config (top_k=50 by default), which would silently change the sampling distribution."""
+    Samples from exactly what the update scores, softmax(logits / temperature) within top_p: transformers
+    fills every knob that generate is not given from model.generation_config (a repetition penalty, min_p,
+    no_repeat_ngram_size, min_new_tokens...), so generate runs with a blank one in its place (generate_raw)."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
@@ -140,9 +162,9 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
         seqs = flat[start:start + chunk]
         ids, mask = left_pad(seqs, tokenizer.pad_token_id)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
-                                 pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+            gen = generate_raw(model, input_ids=ids.to(device), attention_mask=mask.to(device),
+                               max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
+                               pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
         completions = gen[:, ids.shape[1]:]                                   # [chunk, <=max_new_tokens]
         lengths, truncated = completion_lengths(completions, stop_ids)
         for i, p in enumerate(seqs):
@@ -152,6 +174,18 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
             progress.update(len(seqs))
     model.train(was_training)
     return out
+
+
+def generate_raw(model, **kwargs):
+    """model.generate(**kwargs) with a blank generation_config in place of the model's, so that nothing but
+    kwargs shapes the sampling distribution."""
+    from transformers import GenerationConfig
+
+    saved, model.generation_config = model.generation_config, GenerationConfig()
+    try:
+        return model.generate(**kwargs)
+    finally:
+        model.generation_config = saved
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,7 +228,7 @@ def completion_logprobs(model, ids, attn, comp_ids, comp_mask, temperature=1.0, 
     of keeping [b, C, V] alive. Position ids follow the attention mask, exactly as `generate` does with
     left padding, so these log-probs equal the sampler's."""
     pos = (attn.cumsum(-1) - 1).clamp(min=0)                               # [b, P+C]
-    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos).last_hidden_state
+    hidden = model.base_model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=False).last_hidden_state
     C = comp_ids.shape[1]
     hidden = hidden[:, -C - 1:-1]                                          # [b, C, d]: predicts token t
     sel = comp_mask.bool()                                                 # [b, C]

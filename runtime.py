@@ -1,8 +1,8 @@
 """Run machinery: what a run of hours needs and the method does not (docs/faults.md).
 
-Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, Ctrl-C/SIGTERM, metrics.jsonl
-and wandb, and checkpoints with exact resume: save_pretrained folders plus optimizer, step and RNG state,
-written atomically and rotated.
+Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, Ctrl-C/SIGTERM, held-out evals,
+what each step logs to metrics.jsonl and wandb, and checkpoints with exact resume: save_pretrained folders
+plus optimizer, step and RNG state, written atomically and rotated.
 """
 import json
 import os
@@ -16,6 +16,8 @@ from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
+
+import eval as evaluation
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -114,6 +116,51 @@ def log_row(cfg, file, row, wb, prefix=""):
         for k, v in row.items():
             flat.update({f"{prefix}{k}/{kk}": vv for kk, vv in v.items()} if isinstance(v, dict) else {prefix + k: v})
         wb.log({k: v for k, v in flat.items() if v is not None and k != prefix + "step"}, step=row["step"])
+
+
+# ------------------------------------------------------------------------------------------------------
+# Held-out evals and what each step logs
+
+
+def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
+    """avg@k and maj@k on the held-out (and validation) sets, logged to eval.jsonl. Sampled from a random
+    stream of its own, the same at every eval: evals never shift the training draws (a run with more evals
+    trains identically), and every run of a seed scores its start model identically."""
+    with oom_hint("generation", cfg), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed + 12_345)
+        results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
+                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                           chunk=cfg.gen_chunk, amp=cfg.amp, max_prompt_tokens=cfg.max_prompt_tokens)
+    log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
+    tqdm.write(f"eval step {step}: " + " | ".join(
+        f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
+        for name, r in results.items()))
+    return results
+
+
+def step_metrics(step, cfg, R, outs, groups, train_outs, label_stats, stats, times, n_params, device):
+    """What one step logs: rewards and labels, lengths, the update's diagnostics, time and MFU."""
+    answers = [a for group_answers, _ in groups for a in group_answers]
+    gen_tokens = sum(len(o.completion_ids) for o in outs)
+    train_tokens = sum(len(o.prompt_ids) + len(o.completion_ids) for o in train_outs)
+    flops = (2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs)
+             + 6 * n_params * train_tokens * cfg.ppo_epochs * cfg.minibatches)
+    t0, t1, t2, t3 = times
+    cuda = device.type == "cuda"
+    return {"step": step + 1, "reward": R.mean().item(), **label_stats,
+            "no_answer": sum(a is None for a in answers) / len(answers),
+            "truncated": sum(o.truncated for o in outs) / len(outs), "resp_len": gen_tokens / len(outs),
+            **stats, "lr": cfg.lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
+            "tok_per_s": gen_tokens / (t1 - t0), "mfu": flops / (t3 - t0) / cfg.peak_flops if cuda else None,
+            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def print_gains(first, last, k):
+    """The held-out change from the start model to the last eval, one line per set."""
+    for name in last if first and last else []:
+        a, b = first[name], last[name]
+        print(f"{name}: avg@{k} {a['avg']:.3f} -> {b['avg']:.3f} ({100 * (b['avg'] - a['avg']):+.1f} pts)"
+              f" | maj@{k} {a['maj']:.3f} -> {b['maj']:.3f}")
 
 
 # ------------------------------------------------------------------------------------------------------

