@@ -17,6 +17,11 @@ from tqdm import tqdm
 from data import load_eval_sets
 from model import encode_prompts, load_model, rollout
 from rewards import extract_answer, is_equiv, label_and_reward
+from runtime import AT_LEAST_0, AT_LEAST_1, check_device, check_path, check_values, one_line_error
+
+# What each numeric flag allows (runtime.check_values refuses the rest in one line).
+ALLOWED_HERE = {"k": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "max_prompt_tokens": AT_LEAST_1, "chunk": AT_LEAST_1,
+                "limit": AT_LEAST_0, "seed": AT_LEAST_0, "temperature": ("a number >= 0 (0: greedy)", lambda v: v >= 0)}
 
 
 def evaluate(model, tokenizer, rows, k=4, max_new_tokens=3072, temperature=1.0, chunk=64, amp=False,
@@ -49,31 +54,37 @@ def evaluate_sets(model, tokenizer, sets, **kw):
     return {name: evaluate(model, tokenizer, rows, **kw) for name, rows in sets.items()}
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="hub id or local save_pretrained folder")
+    p.error = one_line_error
+    p.add_argument("--model", required=True, help="hub id, local save_pretrained folder or .gguf file")
     p.add_argument("--data", default="math500,amc23,aime24,aime25",
                    help="comma-separated benchmark names, files, or 'tiny'")
     p.add_argument("--data_dir", default="", help="folder of <benchmark>.jsonl files read before the shipped ones")
     p.add_argument("--k", type=int, default=4, help="samples per problem")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--max_new_tokens", type=int, default=3072)
-    p.add_argument("--max_prompt_tokens", type=int, default=1024)
+    p.add_argument("--max_new_tokens", type=int, default=3072, help="response length limit")
+    p.add_argument("--max_prompt_tokens", type=int, default=1024, help="longer prompts are skipped and counted")
     p.add_argument("--limit", type=int, default=0, help="at most this many problems per set (0: all)")
     p.add_argument("--chunk", type=int, default=256, help="sequences per generate call")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
+    p.add_argument("--device", default="auto", help="'cuda', 'cpu' or 'auto'")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    a = p.parse_args(argv)
+    types = {k: float if k == "temperature" else int for k in ALLOWED_HERE}
+    check_values({k: getattr(a, k) for k in ALLOWED_HERE}, types, ALLOWED_HERE)
+    check_device(a.device), check_path("model", a.model), check_path("data_dir", a.data_dir, local=True)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     torch.manual_seed(a.seed)
-    model, tokenizer = load_model(a.model, a.device)
-    sets = load_eval_sets(a.data, a.data_dir, a.limit)
+    sets = load_eval_sets(a.data, a.data_dir, a.limit)  # the data first: a bad row costs no model load
+    model, tokenizer = load_model(a.model, device)
     results = evaluate_sets(model, tokenizer, sets, k=a.k, max_new_tokens=a.max_new_tokens,
-                            temperature=a.temperature, chunk=a.chunk, amp=a.device.startswith("cuda"),
+                            temperature=a.temperature, chunk=a.chunk, amp=device.startswith("cuda"),
                             max_prompt_tokens=a.max_prompt_tokens)
     for name, r in results.items():
         print(f"{name:>10}: n={r['n']} avg@{a.k} {r['avg']:.3f} maj@{a.k} {r['maj']:.3f} pass@{a.k} "
               f"{r['pass']:.3f} parsed {r['parse_rate']:.3f} mean_len {r['mean_len']:.0f}")
     print(json.dumps(results))
+    return results
 
 
 if __name__ == "__main__":

@@ -26,32 +26,52 @@ INSTRUCTION = " Let's think step by step and output the final answer within \\bo
 def load_model(name_or_path, device="cpu", gradient_checkpointing=False):
     """Load any HF causal LM and its tokenizer (a hub id, a save_pretrained folder, or a .gguf file).
     Weights are fp32 (master weights for AdamW); bf16 comes from autocast, except in the LM head, which
-    stays fp32 for the sampler and the update alike (fp32_head). The tokenizer pads on the left, so every
-    prompt ends where its completion starts."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    stays fp32 for the sampler and the update alike (fp32_head)."""
+    from transformers import AutoModelForCausalLM
 
-    kw = {}
-    if name_or_path.endswith(".gguf"):  # a local GGUF file (needs the gguf and accelerate packages)
-        name_or_path, kw["gguf_file"] = os.path.split(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kw)
-        # transformers 5 loads in the checkpoint's dtype (bf16 for Qwen); ask for fp32 explicitly.
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32, **kw)
+    tokenizer, (path, kw) = load_tokenizer(name_or_path), _source(name_or_path)
+    try:  # transformers 5 loads in the checkpoint's dtype (bf16 for Qwen); ask for fp32 explicitly.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kw)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"could not load model '{name_or_path}' (a hub id or a local folder "
-                         f"with config.json and weights): {e}") from None
+        raise _load_error(name_or_path, e) from None
     if "gguf_file" in kw:  # dequantised to fp32 at load: drop the quantizer's record, which blocks saving
         model.hf_quantizer = None
         model.config.__dict__.pop("quantization_config", None)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token_id is None:
-        # Safe even when pad == EOS: completion masks come from the first stop token, never from pad.
-        tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     fp32_head(model)
     if gradient_checkpointing:
         set_gradient_checkpointing(model)
     return model, tokenizer
+
+
+def _source(name_or_path):
+    """(folder or hub id, from_pretrained kwargs): a .gguf file loads from its folder (gguf and accelerate)."""
+    if name_or_path.endswith(".gguf"):
+        folder, file = os.path.split(name_or_path)
+        return folder, {"gguf_file": file}
+    return name_or_path, {}
+
+
+def _load_error(name_or_path, e):
+    return SystemExit(f"could not load model '{name_or_path}' (a hub id, a local folder with config.json and "
+                      f"weights, or a .gguf file): {e}")
+
+
+def load_tokenizer(name_or_path):
+    """The tokenizer alone (data can be read and checked before the weights load). It pads on the left, so
+    every prompt ends where its completion starts."""
+    from transformers import AutoTokenizer
+
+    path, kw = _source(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kw)
+    except (OSError, ValueError) as e:
+        raise _load_error(name_or_path, e) from None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        # Safe even when pad == EOS: completion masks come from the first stop token, never from pad.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _fp32_linear(linear, x):

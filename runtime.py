@@ -4,20 +4,98 @@ Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, C
 what each step logs to metrics.jsonl and wandb, and checkpoints with exact resume: save_pretrained folders
 plus optimizer, step and RNG state, written atomically and rotated.
 """
+import argparse
+import ast
+import inspect
+import io
 import json
+import math
 import os
 import random
 import re
 import shutil
 import signal
 import threading
+import tokenize
 from contextlib import contextmanager
 from dataclasses import asdict
 
 import torch
 from tqdm import tqdm
 
-import eval as evaluation
+
+# ------------------------------------------------------------------------------------------------------
+# The command line: help from the Config's comments, and bad flags refused in one line that names the flag,
+# before any model or data loads.
+
+
+def field_docs(cls):
+    """The comment after each field of a dataclass: its --help line."""
+    src = inspect.getsource(cls)
+    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT}
+    return {a.target.id: comments[a.lineno] for a in ast.parse(src).body[0].body
+            if isinstance(a, ast.AnnAssign) and a.lineno in comments}
+
+
+def parse_bool(s):
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got '{s}'")
+
+
+AT_LEAST_0, AT_LEAST_1 = ("an integer >= 0", lambda v: v >= 0), ("an integer >= 1", lambda v: v >= 1)
+POSITIVE, NON_NEGATIVE = ("a number > 0", lambda v: v > 0), ("a number >= 0", lambda v: v >= 0)
+SHARE, FRACTION = ("a number in [0, 1]", lambda v: 0 <= v <= 1), ("a number in (0, 1]", lambda v: 0 < v <= 1)
+# What each numeric flag of selftrain.Config allows; where 0 means "off" or "all", its help says so.
+ALLOWED = {
+    **dict.fromkeys(("prompts_per_step", "max_prompt_tokens", "max_new_tokens", "ppo_epochs", "minibatches", "steps",
+                     "teacher_samples", "eval_samples", "save_every", "gen_chunk", "micro_batch", "logprob_chunk"),
+                    AT_LEAST_1),
+    "samples_per_prompt": ("an integer >= 2 (one sample is always its own majority: no signal)", lambda v: v >= 2),
+    **dict.fromkeys(("votes_per_prompt", "early_stop", "eval_every", "eval_limit", "keep_ckpts", "max_nonfinite",
+                     "seed"), AT_LEAST_0),
+    **dict.fromkeys(("temperature", "lr", "grad_clip", "peak_flops"), POSITIVE),
+    **dict.fromkeys(("kl_coef", "entropy_coef", "weight_decay", "clip_eps_high"), NON_NEGATIVE),
+    "clip_eps_low": ("a number in [0, 1)", lambda v: 0 <= v < 1),
+    **dict.fromkeys(("min_majority_share", "filter_share", "collapse_alarm"), SHARE),
+    **dict.fromkeys(("top_p", "curriculum", "warmup_target"), FRACTION),
+}
+
+
+def check_values(values, types, allowed):
+    """values: {flag: value}; types: {flag: type}. Refuse a value of the wrong type, NaN/inf, or one outside
+    what allowed[flag] permits, in one line: the flag, the value and what is allowed."""
+    for name, value in values.items():
+        kind = types[name]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, (int, float) if kind is float else kind):
+            raise SystemExit(f"--{name} {value!r}: expected {'true or false' if kind is bool else kind.__name__}")
+        what, ok = allowed.get(name, (None, None))
+        if ok and not (math.isfinite(value) and ok(value)):
+            raise SystemExit(f"--{name} {value}: expected {what}")
+
+
+def check_path(flag, path, local=False):
+    """A flag that names a local file or folder (or, local, always one) must name one that exists; hub ids
+    are checked when they load."""
+    if path and (local or path.endswith((".gguf", ".jsonl", ".json", ".parquet")) or path.startswith((".", "/"))) \
+            and not os.path.exists(path):
+        raise SystemExit(f"--{flag} {path}: no such file or folder")
+
+
+def one_line_error(message):
+    """argparse.ArgumentParser.error, in one line (argparse prints its whole usage block first)."""
+    raise SystemExit(f"error: {message} (--help lists every flag)")
+
+
+def check_device(device):
+    """'auto', 'cpu', 'cuda' or 'cuda:N', and CUDA only where there is one."""
+    if not (device in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", device)):
+        raise SystemExit(f"--device {device}: expected auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -126,6 +204,7 @@ def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
     """avg@k and maj@k on the held-out (and validation) sets, logged to eval.jsonl. Sampled from a random
     stream of its own, the same at every eval: evals never shift the training draws (a run with more evals
     trains identically), and every run of a seed scores its start model identically."""
+    import eval as evaluation  # here, not at the top: eval.py imports this file for its flag checks
     with oom_hint("generation", cfg), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed + 12_345)
         results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
@@ -212,15 +291,19 @@ def save_checkpoint(model, tokenizer, opt, step, cfg):
 
 
 def checkpoint_to_resume(cfg):
-    """With --resume, the newest complete checkpoint in out_dir; without, None. A fresh run refuses an
-    out_dir holding an earlier run's checkpoints: its own saves would rotate them away."""
+    """With --resume, the newest complete checkpoint in out_dir as (step, path); without, (0, None). A fresh
+    run refuses an out_dir holding an earlier run's checkpoints: its own saves would rotate them away. A
+    resumed run cannot go back: --steps below the checkpoint's step is refused."""
     found = checkpoints(cfg.out_dir)
     if cfg.resume and not found:
         raise SystemExit(f"--resume: no checkpoint in {cfg.out_dir}")
     if found and not cfg.resume:
         raise SystemExit(f"{cfg.out_dir} holds checkpoints of an earlier run (newest: step {found[-1][0]}): "
                          f"add --resume to continue it, or choose another --out_dir")
-    return found[-1][1] if found else None
+    if found and cfg.steps < found[-1][0]:
+        raise SystemExit(f"--steps {cfg.steps}: expected at least {found[-1][0]}, the step of the checkpoint "
+                         f"--resume continues in {cfg.out_dir}")
+    return found[-1] if found else (0, None)
 
 
 def load_checkpoint(opt, path):

@@ -13,16 +13,12 @@ arXiv 2505.21444). Each step, in the order of the paper's Algorithm 1:
 testbed (tiny.py). Every Config field is a flag; docs/knobs.md says where each default comes from.
 """
 import argparse
-import ast
 import functools
-import inspect
-import io
 import json
 import math
 import os
 import random
 import time
-import tokenize
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -30,12 +26,13 @@ from tqdm import tqdm
 
 import tiny
 from data import load_eval_sets, load_train_rows
-from model import completion_logprobs, encode_prompts, load_model, pack, rollout, stop_token_ids
+from model import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
-from runtime import (catch_stop_signals, checkpoint_to_resume, halt_reason, held_out_eval, load_checkpoint, log_row,
-                     no_update, oom_hint, open_wandb, print_gains, progress, save_checkpoint, skip_reason, step_metrics,
-                     truncate_logs)
+from runtime import (ALLOWED, catch_stop_signals, check_device, check_path, check_values, checkpoint_to_resume,
+                     field_docs, halt_reason, held_out_eval, load_checkpoint, log_row, no_update, one_line_error,
+                     oom_hint, open_wandb, parse_bool, print_gains, progress, save_checkpoint, skip_reason,
+                     step_metrics, truncate_logs)
 
 
 @dataclass
@@ -92,7 +89,7 @@ class Config:
     keep_ckpts: int = 2  # checkpoints kept: out_dir/ckpt is the newest, older ones ckpt-<step> (0: all)
     out_dir: str = "out"  # checkpoints, metrics.jsonl and eval.jsonl go here
     resume: bool = False  # continue exactly from the newest checkpoint in out_dir
-    max_nonfinite: int = 3  # stop, with a checkpoint, after this many consecutive steps skipped for a NaN/inf
+    max_nonfinite: int = 3  # stop, with a checkpoint, after this many steps in a row skipped for a NaN/inf (0: never)
     wandb: bool = False  # also log to Weights & Biases (pip install wandb; project $WANDB_PROJECT)
     seed: int = 0  # seeds the data order, sampling and the testbed
     # --- engineering (memory and speed: docs/gpu.md)
@@ -105,27 +102,10 @@ class Config:
     peak_flops: float = 989e12  # accelerator peak bf16 FLOP/s, for MFU (H100 SXM, dense)
 
 
-def field_docs(cls):
-    """The comment after each field of a dataclass: its --help line."""
-    src = inspect.getsource(cls)
-    comments = {t.start[0]: t.string.lstrip("# ") for t in tokenize.generate_tokens(io.StringIO(src).readline)
-                if t.type == tokenize.COMMENT}
-    return {a.target.id: comments[a.lineno] for a in ast.parse(src).body[0].body
-            if isinstance(a, ast.AnnAssign) and a.lineno in comments}
-
-
-def parse_bool(s):
-    if s.lower() in ("1", "true", "yes", "on"):
-        return True
-    if s.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got '{s}'")
-
-
 def parse_config(argv=None):
     """Every Config field is a flag; --tiny first applies the testbed's defaults (tiny.DEFAULTS)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    docs = field_docs(Config)
+    parser.error, docs = one_line_error, field_docs(Config)
     for f in fields(Config):
         kind = dict(type=parse_bool, nargs="?", const=True) if f.type is bool else dict(type=f.type)
         parser.add_argument(f"--{f.name}", default=f.default, help=docs[f.name].replace("%", "%%"), **kind)
@@ -135,7 +115,10 @@ def parse_config(argv=None):
 
 
 def check_config(cfg):
-    """Stop before any model is loaded when the ablation knobs are misspelt or contradict each other."""
+    """Stop, in one line, before any model or data is loaded, when a flag is out of range (runtime.ALLOWED),
+    misspelt, names a missing path, or contradicts another."""
+    check_values(asdict(cfg), {f.name: f.type for f in fields(Config)}, ALLOWED)
+    check_device(cfg.device)
     choices = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
                "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
                "loss_agg": ("token-mean", "seq-mean", "constant")}
@@ -147,8 +130,12 @@ def check_config(cfg):
     if cfg.votes_per_prompt and cfg.votes_per_prompt < cfg.samples_per_prompt:
         raise SystemExit(f"--votes_per_prompt {cfg.votes_per_prompt} < --samples_per_prompt "
                          f"{cfg.samples_per_prompt}: the trained responses are a subset of the voters")
-    if cfg.ppo_epochs < 1 or cfg.minibatches < 1:
-        raise SystemExit("--ppo_epochs and --minibatches must be >= 1")
+    if cfg.minibatches > cfg.prompts_per_step * cfg.samples_per_prompt:
+        raise SystemExit(f"--minibatches {cfg.minibatches}: expected at most --prompts_per_step x --samples_per_prompt "
+                         f"= {cfg.prompts_per_step * cfg.samples_per_prompt} (one rollout per minibatch)")
+    if cfg.early_stop and not cfg.val_data:
+        raise SystemExit(f"--early_stop {cfg.early_stop} needs a labelled hold-out: --val_data")
+    check_path("model", cfg.model), check_path("train_data", cfg.train_data), check_path("data_dir", cfg.data_dir, True)
     if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
         print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
               "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
@@ -455,37 +442,37 @@ def online_filter(batch, outs, groups, roll, step, n_rows, cfg):
 # Setting up a run
 
 
-def load_policy(cfg, ckpt, device):
-    """The policy (from the checkpoint when resuming), its tokenizer, and the frozen start model for the KL.
-    For the testbed, the start model is first warmed up (supervised, with labels, as the paper's Reasoning
-    Gym runs start from a model that can do the task) and cached; after this, SRT uses no label."""
+def load_data(cfg, ckpt):
+    """All a run reads before the weights load, so that a bad row costs seconds, not a model load: the
+    tokenizer, the training rows and their prompt ids (over-long prompts dropped), and the held-out and
+    validation sets -> (tokenizer, rows, prompt_ids, eval sets, names of the validation sets). For the
+    testbed, the start model is first warmed up (supervised, with labels, as the paper's Reasoning Gym runs
+    start from a model that can do the task) and cached; after this, SRT uses no label."""
     if cfg.model == "tiny":
         cfg.model = tiny.tiny_warmup(seed=cfg.seed, target=cfg.warmup_target)
     random.seed(cfg.seed)  # after the warm-up, so a run that had to build it equals one that found it cached
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing and device.type == "cuda")
-    ref_model = None
-    if cfg.kl_coef > 0:  # a frozen copy of the *start* model for the KL term. Kept fp32 under the same
-        # autocast as the policy: a bf16 copy computes differently, and the KL would start above 0.
-        ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
-    return model, tokenizer, ref_model
-
-
-def training_prompts(cfg, model, tokenizer, stop_ids):
-    """The training rows and their prompt token ids; over-long prompts dropped. --label offline and
-    --curriculum first take the start model's own votes on every prompt, once (paper §5)."""
-    rows = load_train_rows(cfg)
+    tokenizer, rows = load_tokenizer(ckpt or cfg.model), load_train_rows(cfg)
     prompt_ids = encode_prompts(tokenizer, [r["problem"] for r in rows], cfg.max_prompt_tokens)
     keep = [i for i, p in enumerate(prompt_ids) if p is not None]
     if len(keep) < len(rows):
         print(f"filtered {len(rows) - len(keep)} of {len(rows)} training prompts longer than "
               f"{cfg.max_prompt_tokens} tokens")
-    rows, prompt_ids = [rows[i] for i in keep], [prompt_ids[i] for i in keep]
-    if not rows:
+    if not keep:
         raise SystemExit(f"no training prompts left from '{cfg.train_data}'")
-    if cfg.label == "offline" or cfg.curriculum < 1:
-        rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
-    return rows, prompt_ids
+    eval_sets = load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
+    val_sets = load_eval_sets(cfg.val_data, cfg.data_dir, cfg.eval_limit) if cfg.val_data else {}
+    return tokenizer, [rows[i] for i in keep], [prompt_ids[i] for i in keep], {**eval_sets, **val_sets}, list(val_sets)
+
+
+def load_policy(cfg, ckpt, device):
+    """The policy (from the checkpoint when resuming) and the frozen start model for the KL."""
+    model = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing and device.type == "cuda")[0]
+    ref_model = None
+    if cfg.kl_coef > 0:  # a frozen copy of the *start* model for the KL term. Kept fp32 under the same
+        # autocast as the policy: a bf16 copy computes differently, and the KL would start above 0.
+        ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
+    return model, ref_model
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -495,20 +482,21 @@ def training_prompts(cfg, model, tokenizer, stop_ids):
 def main(cfg):
     check_config(cfg)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
-    ckpt = checkpoint_to_resume(cfg)  # None for a fresh run
+    start, ckpt = checkpoint_to_resume(cfg)  # (0, None) for a fresh run
+    if ckpt and start == cfg.steps:
+        print(f"{cfg.out_dir} is at step {start} = --steps already: nothing to do")
+        return None
     os.makedirs(cfg.out_dir, exist_ok=True)
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(asdict(cfg), f, indent=1)
-    model, tokenizer, ref_model = load_policy(cfg, ckpt, device)
+    tokenizer, rows, prompt_ids, eval_sets, val = load_data(cfg, ckpt)
+    model, ref_model = load_policy(cfg, ckpt, device)
     stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
+    if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
+        rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    rows, prompt_ids = training_prompts(cfg, model, tokenizer, stop_ids)
-    eval_sets = load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
-    val_sets = load_eval_sets(cfg.val_data, cfg.data_dir, cfg.eval_limit) if cfg.val_data else {}
-    if cfg.early_stop and not val_sets:
-        raise SystemExit("--early_stop needs a labelled hold-out: --val_data")
-    eval_sets, val = {**eval_sets, **val_sets}, list(val_sets)
-    start = load_checkpoint(opt, ckpt) if ckpt else 0
+    if ckpt:
+        load_checkpoint(opt, ckpt)
     truncate_logs(cfg.out_dir, start)  # rows a crash left past the checkpoint would be logged twice
     wb, (stop, restore_signals) = open_wandb(cfg), catch_stop_signals()  # Ctrl-C/SIGTERM: finish the step, save
     n_params, n = sum(p.numel() for p in model.parameters()), cfg.samples_per_prompt

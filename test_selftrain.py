@@ -388,6 +388,83 @@ def test_no_tracked_file_refers_to_what_a_clone_does_not_have():
     assert not hits, hits
 
 
+def refuse_to_load(monkeypatch):
+    """Make every loader fail the test: a bad flag must be refused before any of them runs."""
+    def fail(*a, **k):
+        raise AssertionError("something loaded before the bad flag was refused")
+    for name in ("load_model", "load_tokenizer", "load_train_rows", "load_eval_sets"):
+        monkeypatch.setattr(selftrain, name, fail)
+    monkeypatch.setattr(testbed, "tiny_warmup", fail)
+    monkeypatch.setattr(evaluation, "load_model", fail)
+
+
+def test_every_bad_flag_is_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch):
+    refuse_to_load(monkeypatch)
+    numeric = {f.name: f.type for f in selftrain.fields(Config) if f.type in (int, float)}
+    assert set(numeric) == set(runtime.ALLOWED)  # every numeric flag has a range
+    refused = 0
+    for name, kind in numeric.items():
+        what, ok = runtime.ALLOWED[name]
+        for value in ("x", True, 0.5, float("nan"), float("inf"), -1, 0, 1, 1.5, 3):
+            good_type = not isinstance(value, (str, bool)) and (kind is float or isinstance(value, int))
+            if good_type and math.isfinite(value) and ok(value):
+                continue                          # allowed (combinations are checked below)
+            with pytest.raises(SystemExit, match=f"^--{name} .*: expected "):
+                selftrain.main(Config(**{name: value}, out_dir=str(tmp_path / "never")))
+            refused += 1
+    assert refused > 200 and not os.path.exists(tmp_path / "never")
+    for name in ("label", "advantage", "reward_shape", "kl_in", "kl_estimator", "loss_agg", "device"):
+        with pytest.raises(SystemExit, match=f"^--{name} bogus: expected "):
+            selftrain.main(Config(**{name: "bogus"}))
+    with pytest.raises(SystemExit, match="^--amp 'yes': expected true or false"):
+        selftrain.main(Config(amp="yes"))
+    contradictions = {"--reward_shape soft and --min_majority_share are SRT knobs": dict(label="gold", reward_shape="soft"),
+                      "--votes_per_prompt 4 < --samples_per_prompt 8": dict(votes_per_prompt=4, samples_per_prompt=8),
+                      "--minibatches 300: expected at most": dict(minibatches=300),
+                      "--early_stop 2 needs a labelled hold-out": dict(early_stop=2),
+                      "--model ./no-such-model: no such file": dict(model="./no-such-model"),
+                      "--train_data .*missing.jsonl: no such file": dict(train_data=str(tmp_path / "missing.jsonl")),
+                      "--data_dir .*nope: no such file or folder": dict(data_dir=str(tmp_path / "nope"))}
+    for message, kw in contradictions.items():
+        with pytest.raises(SystemExit, match=message):
+            selftrain.main(Config(**kw))
+
+
+def test_argparse_errors_are_one_line_too(capsys):
+    for argv, message in ((["--lr", "x"], "argument --lr: invalid float value: 'x'"),
+                          (["--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
+                          (["--no_such_flag"], "unrecognized arguments: --no_such_flag")):
+        with pytest.raises(SystemExit, match=message) as e:
+            parse_config(argv)
+        assert "\n" not in str(e.value) and "usage:" not in capsys.readouterr().err
+
+
+def test_a_bad_training_file_fails_before_the_model_loads(tmp_path, monkeypatch):
+    def fail(*a, **k):
+        raise AssertionError("the model loaded before the data was read")
+    monkeypatch.setattr(selftrain, "load_model", fail)
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"problem": "1+1"}\n{"question": "2+2"}\n')
+    with pytest.raises(SystemExit, match="train.jsonl: row 1, field 'problem'"):
+        selftrain.main(run(tmp_path, "bad-data", train_data=str(bad)))
+
+
+def test_eval_refuses_bad_flags_and_bad_data_before_the_model_loads(tmp_path, monkeypatch):
+    refuse_to_load(monkeypatch)
+    for argv, message in ((["--k", "0"], "^--k 0: expected an integer >= 1"),
+                          (["--temperature", "-1"], "^--temperature -1.0: expected a number >= 0"),
+                          (["--limit", "-2"], "^--limit -2: expected an integer >= 0"),
+                          (["--chunk", "x"], "argument --chunk: invalid int value"),
+                          (["--device", "tpu"], "^--device tpu: expected auto, cpu, cuda"),
+                          (["--data_dir", str(tmp_path / "nope")], "^--data_dir .*: no such file or folder")):
+        with pytest.raises(SystemExit, match=message):
+            evaluation.main(["--model", WARM] + argv)
+    with pytest.raises(SystemExit, match="^--model ./missing: no such file"):
+        evaluation.main(["--model", "./missing"])
+    with pytest.raises(SystemExit, match="unknown eval set 'math5000'"):
+        evaluation.main(["--model", WARM, "--data", "math5000"])  # the data is read before the model
+
+
 # ----------------------------------------------------------------------------------- the loop, end to end
 
 def run(tmp_path, name, **kw):
@@ -429,6 +506,10 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
     # a checkpoint is a plain save_pretrained folder that loads on its own
     model, tok = load_model(os.path.join(full.out_dir, "ckpt"))
     assert tok(INSTRUCTION).input_ids == tiny_tokenizer()(INSTRUCTION).input_ids
+    # --steps equal to a finished run's step is a no-op (miniature.py resumes finished runs); below it, refused
+    assert selftrain.main(run(tmp_path, "full", resume=True)) is None and len(metrics(full)) == 3
+    with pytest.raises(SystemExit, match="--steps 2: expected at least 3, the step of the checkpoint"):
+        selftrain.main(run(tmp_path, "full", resume=True, steps=2))
 
 
 def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path, monkeypatch):
@@ -1093,16 +1174,16 @@ def test_checkpoints_keep_the_last_k_and_resume_takes_the_newest(tmp_path, tiny)
     os.makedirs(os.path.join(cfg.out_dir, "ckpt.tmp"))
     os.makedirs(os.path.join(cfg.out_dir, "ckpt-9"))
     cfg.resume = True
-    assert runtime.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt"
+    assert runtime.checkpoint_to_resume(cfg) == (3, cfg.out_dir + "/ckpt")
     # killed between the two renames of a save: the newest complete one is ckpt-2
     shutil.rmtree(os.path.join(cfg.out_dir, "ckpt"))
-    assert runtime.checkpoint_to_resume(cfg) == cfg.out_dir + "/ckpt-2"
+    assert runtime.checkpoint_to_resume(cfg) == (2, cfg.out_dir + "/ckpt-2")
     random.seed(5)
     expected = random.random()
     random.seed(5)
     runtime.save_checkpoint(model, tok, opt, 4, cfg)  # saves the python RNG state ...
     random.seed(0)
-    assert runtime.load_checkpoint(opt, runtime.checkpoint_to_resume(cfg)) == 4
+    assert runtime.load_checkpoint(opt, runtime.checkpoint_to_resume(cfg)[1]) == 4
     assert random.random() == expected  # ... and restores it
     with pytest.raises(SystemExit, match="holds checkpoints of an earlier run .*step 4.*--resume"):
         runtime.checkpoint_to_resume(Config(out_dir=cfg.out_dir))  # a fresh run never rotates them away
