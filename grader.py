@@ -3,10 +3,17 @@ labels, LaTeX-ish) denote the same mathematical object, without ever evaluating
 them as code.
 
 Equivalence is checked in layers, cheapest first:
-  1. normalise the LaTeX string (spacing, \left/\right, units, \dfrac, 1,000,
-     x = 5 -> 5, plain numbers -> canonical fraction) and compare strings;
+  1. normalise the LaTeX string (a \boxed{} is reduced to its content, math
+     delimiters $ \( \[ and a lead-in "Answer:" are dropped; spacing,
+     \left/\right, units, \dfrac, 1,000, <= -> \le, != -> \neq, a plain name
+     before a value is a label: x = 5 -> 5, plain numbers -> canonical
+     fraction) and compare strings;
   2. split structured answers (tuples, intervals, sets, unordered solution
-     lists, \pm, matrices, equations) and compare their parts recursively;
+     lists, \pm, matrices, equations, relations) and compare their parts
+     recursively. Any other left side of an equation counts when both answers
+     have one (\cos(x) = a is not \sin(x) = a) and is dropped only against an
+     answer without one (p(x) = x^2+1 vs x^2+1). Relations compare as
+     relations: L < R and L' < R' are equal if R-L = c (R'-L') with c > 0;
   3. parse what is left with our own small LaTeX parser (grammar below, at
      _Parser) straight into sympy objects and test whether their difference
      is exactly zero (rationals exactly; otherwise numerically, with sympy
@@ -55,18 +62,23 @@ TIME_LIMIT_S = 3.0        # hard cap on the symbolic work of one public call (an
 _UNICODE = str.maketrans({"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ",
                           "÷": r"\div ", "π": r"\pi ", "∞": r"\infty ", "√": r"\sqrt ",
                           "≤": r"\le ", "≥": r"\ge ", "±": r"\pm ", "∪": r"\cup ",
-                          "°": "", "θ": r"\theta ",
+                          "°": "", "θ": r"\theta ", "≠": r"\neq ",
                           # LaTeX that went through a non-raw Python string: "\frac" -> form feed + "rac"
                           "\f": r"\f", "\a": r"\a", "\b": r"\b", "\v": r"\v"})
 _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
     (r"\\\$|\$", ""),
+    (r"(?<!\\)\\[()\[\]]", " "),          # math delimiters \( \) \[ \], not "\\[" nor [0,7)
     (r"[\t\r](?=[a-z]{2})", lambda m: "\\" + "tr"[m.group() == "\r"]),   # "\text" as tab + "ext"
     (r"(?<!\\)\\\\(?=(?:[dtc]?frac|sqrt|pi|text|cdot|times|left|right|infty|pm)(?![a-zA-Z]))",
      r"\\"),                                               # over-escaped "\\\\sqrt"
     (r"\\lt(?![a-zA-Z])", "<"), (r"\\gt(?![a-zA-Z])", ">"),
+    # one spelling per relation: <= \leq \leqslant -> \le; != \ne \not= -> \neq
+    # (but "5!=120" is a factorial)
+    (r"<=|\\leq?(?:slant)?(?![a-zA-Z])", r"\\le "), (r">=|\\geq?(?:slant)?(?![a-zA-Z])", r"\\ge "),
+    (r"(?<![\d!\\])!=|\\neq?(?![a-zA-Z])|\\not\s*=", r"\\neq "),
     (r"(?<!\\);", ","),                                     # (0;-2;6): semicolons separate items
     (r"\\(?:left|right)(?![a-zA-Z])\.?", ""),              # \left( -> (, \right. -> ""
-    (r"\\(?:displaystyle|textstyle)(?![a-zA-Z])", ""),
+    (r"\\(?:displaystyle|textstyle|limits|nolimits)(?![a-zA-Z])", ""),
     (r"(\d),\\!\s*(?=\d)", r"\1,"),                          # 10,\!080 -> 10,080
     (r"\s*\{\s*,\s*\}\s*", ","),                                  # 14{,}916, 14 {, }916
     (r"\\[dtc]frac(?![a-zA-Z])", r"\\frac"),
@@ -86,6 +98,8 @@ _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
 _SPACING = re.compile(r"\\(\\|[,;:! ])|\\q?quad(?![a-zA-Z])|~")  # keeps "\\" (matrix rows)
 _TRAILING_TEXT = re.compile(r"(?<=\S)\s*\\text\s*\{[^{}]*\}(?:\^\{?\d\}?)?\s*$")
 _TEXT = re.compile(r"\\text\s*\{([^{}]*)\}")
+_LEAD_IN = re.compile(r"^(?:the\s+)?(?:final\s+)?answer(?![a-zA-Z])\s*(?:is(?![a-zA-Z])\s*)?:?\s*(?=\S)",
+                      re.I)                      # "Final answer: 9", "The answer is 9"
 _UNITS = re.compile(r"(?<=[\d}])\s*(?:units?|square\s+units|sq\s+units|cm|mm|km|meters?|"
                     r"inch|inches|ft|feet|foot|yards?|miles?|degrees?|dollars?|cents?|"
                     r"seconds?|minutes?|hours?|days?|weeks?|years?|mph|pounds?|kg|grams?|"
@@ -100,6 +114,8 @@ _INEQ_RE = re.compile(r"(<=|>=|<|>|\\[lg]eq?(?:slant)?(?![a-zA-Z]))")
 # What may stand left of "=" as a mere name: x, a_3, f(x), |AB|, \theta, (p,q).
 _NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+)?"
 _LHS_RE = re.compile(rf"\|?{_NAME}(?:\([a-zA-Z]\))?\|?|\((?:{_NAME},)+{_NAME}\)")
+# A label normalisation may drop: a plain name, not f(x) or \cos(x), which say what the value is of.
+_LABEL_RE = re.compile(rf"\|?{_NAME}\|?|\((?:{_NAME},)+{_NAME}\)")
 
 
 def _squeeze(s: str) -> str:
@@ -165,6 +181,9 @@ def normalize_answer(ans: str) -> str:
     if not isinstance(ans, str):
         return ""
     s = ans.strip()
+    if "\\boxed" in s or "\\fbox" in s:  # a gold label may hold its own box: its content is the answer
+        from rewards import extract_answer  # imported here: rewards imports this module
+        s = extract_answer(s) or ""
     if len(s) > MAX_STRUCT_LEN:    # too long to be a real answer: compare raw, don't cache
         return s
     return _normalize(s)
@@ -174,14 +193,16 @@ def _strip_names(s: str) -> str:
     """x = 5 -> 5; x = 1, x = 2 -> 1,2; n = 1, 2 -> 1,2; x = 5+6 = 11 -> 11.
 
     A name is only a label when the right side is a value (y = 2x+3 stays an
-    equation) and names the whole answer: x = 1, y = 2 keeps its names, which
-    tell its values apart (so its items are normalised with top=False).
+    equation), it names the whole answer: x = 1, y = 2 keeps its names, which
+    tell its values apart (so its items are normalised with top=False), and it
+    is a plain name: \\cos(x) = a keeps its left side, which _equiv_cached
+    drops only against an answer without one (\\sin(x) = a is another answer).
     """
     items = [_split_top(item, "=") for item in _split_top(s, ",")]
     for parts in items:
         if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]):
             del parts[1:-1]                      # x = 5+6 = 11 -> x = 11
-    named = [len(p) == 2 and bool(_LHS_RE.fullmatch(p[0])) and not _has_letters(p[1]) for p in items]
+    named = [len(p) == 2 and bool(_LABEL_RE.fullmatch(p[0])) and not _has_letters(p[1]) for p in items]
     if (all(named) and len({p[0] for p in items}) == 1) or (named[0] and all(len(p) == 1 for p in items[1:])):
         items = [p[1:] if n else p for p, n in zip(items, named)]
     return ",".join("=".join(p) for p in items)
@@ -197,6 +218,7 @@ def _normalize(s: str, top: bool = True) -> str:
     s = _TRAILING_TEXT.sub("", s)               # 5.4 \text{ cents} -> 5.4
     for _ in range(5):                          # \text{(B)} -> (B)
         s = _TEXT.sub(r"\1", s)
+    s = _LEAD_IN.sub("", s)                     # Answer: 9, \text{Final answer:} 9
     s = _UNITS.sub("", s.strip()).strip()
     if _THOUSANDS.fullmatch(s):                  # before squeezing: "100, 200" is a list
         s = s.replace(",", "").replace(" ", "")
@@ -212,8 +234,9 @@ def _normalize(s: str, top: bool = True) -> str:
 
 # ----------------------------------------------------------------------------
 # A small recursive-descent parser: whitelisted LaTeX -> sympy, never eval.
-_TOKEN_RE = re.compile(r"\s*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\\[a-zA-Z]+)|([a-zA-Z])"
-                       r"|(\*\*|[-+*/^()\[\]{}!]))")
+_TOKEN_RE = re.compile(r"\s*(?:((?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)|(\\[a-zA-Z]+)"
+                       r"|([a-zA-Z]_(?:\{[^{}]{1,40}\}|\d+|[a-zA-Z]))|([a-zA-Z])"   # F_{n-1}, a_12, F_k
+                       r"|(\*\*|[-+*/^()\[\]{}!_=]))")
 _FUNCS = {r"\sin": sympy.sin, r"\cos": sympy.cos, r"\tan": sympy.tan, r"\cot": sympy.cot,
           r"\sec": sympy.sec, r"\csc": sympy.csc, r"\arcsin": sympy.asin,
           r"\arccos": sympy.acos, r"\arctan": sympy.atan, r"\ln": sympy.log,
@@ -223,6 +246,10 @@ _GREEK = ("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta lam
 _CONSTANTS = {r"\pi": sympy.pi, r"\infty": sympy.oo, "i": sympy.I, "e": sympy.E,
               **{"\\" + g: sympy.Symbol(g) for g in _GREEK.split()}}
 _OPEN = {"(": ")", "[": "]", "{": "}"}
+# \sum and \prod stay unevaluated: an opaque f(body, index, lower, upper) that sympy
+# compares structurally (body is canonical: F_k F_j is F_j F_k) and _sympy_equal
+# compares argument by argument; sympy's own Sum would try to evaluate them.
+_BIG = {r"\sum": sympy.Function("Sum_"), r"\prod": sympy.Function("Prod_")}
 _MAX_DEPTH = 40
 
 
@@ -233,14 +260,30 @@ def _number(tok: str) -> sympy.Rational:
     return sympy.Rational(value.numerator, value.denominator)
 
 
+_MAX_BITS = 100_000    # largest exact number (numerator or denominator) the parser builds
+
+
+def _bits(value) -> int:
+    return max(abs(value.p).bit_length(), value.q.bit_length())
+
+
+def _safe_product(a, b, divide=False):
+    """a*b or a/b, refusing rationals whose result passes _MAX_BITS: each power is
+    bounded by _safe_pow, but 110 of them multiplied (9^{9999} 9^{9999} ...)
+    cost seconds of big-integer arithmetic."""
+    if a.is_Rational and b.is_Rational and _bits(a) + _bits(b) > _MAX_BITS:
+        raise ValueError("result too large")
+    return a / b if divide else a * b
+
+
 def _safe_pow(base, exp):
     """base**exp, refusing results that would take ages to compute (9^{9^{9^9}})."""
     if not exp.free_symbols:
         if abs(complex(exp.evalf(15))) > 10_000:
             raise ValueError("exponent too large")
         if base.is_Rational and abs(base) != 1 and base != 0:
-            bits = max(abs(base.p).bit_length(), base.q.bit_length())
-            if exp.is_Integer and bits * abs(int(exp)) > 100_000:
+            bits = _bits(base)
+            if exp.is_Integer and bits * abs(int(exp)) > _MAX_BITS:
                 raise ValueError("result too large")
             if not exp.is_Integer and bits > 700:      # sympy factors the radicand
                 raise ValueError("root of a huge number")
@@ -283,29 +326,41 @@ def _tokenize(s: str) -> list[str]:
 #            | "\frac" atom atom                                  \frac{1}{2}, \frac{1}2
 #            | "\binom" atom atom
 #            | "\sqrt" [ "[" expr "]" ] atom                      \sqrt{2}, \sqrt[3]{x}
-#            | function | constant | letter ;
+#            | bigop | function | constant | subscripted | letter ;
+#   bigop    = ("\sum" | "\prod") ( "_" bounds "^" atom | "^" atom "_" bounds ) term ;
+#                                                                 nesting depth + 1
+#   bounds   = "{" letter "=" expr "}" ;                          \sum_{k=0}^{n-1} F_k F_{n-k-1}
 #   function = FUNC [ "^" exponent ] power { power } ;            nesting depth + 1
 #   FUNC     = "\sin" | "\cos" | "\tan" | "\cot" | "\sec" | "\csc"
 #            | "\arcsin" | "\arccos" | "\arctan" | "\ln" | "\log" | "\exp" ;
 #   constant = "\pi" | "\infty" | "i" | "e" | "\alpha" | ... (Greek letters: symbols) ;
 #   letter   = any other single ASCII letter (a symbol) ;
+#   subscripted = letter "_" ( "{" 1-40 chars without braces "}" | digits | letter ) ;
+#              ONE symbol named by its text: F_k, F_{k} are F_k; F_{n-k-1} is not F_{n-1-k}
 #   number   = ( digits [ "." [ digits ] ] | "." digits ) [ ("e" | "E") [ "+" | "-" ] digits ] ;
 #              exact: 0.333 is not 1/3; "12" is one token, so \frac12 must be normalised first
 #
 # Rules the grammar alone does not say:
 #   - an implicit product's factor may start with anything that starts an atom
 #     except a written number: "2.5.3", "2^{3}4", "x2", "1 2" are refused as
-#     ambiguous; and a \frac with a rational value after a rational value is a
-#     mixed number inside an expression ("1\frac{1}{2}+x"): refused too (a lone
-#     mixed number was already read by _as_fraction);
+#     ambiguous. The one exception is a power of a written number after a factor
+#     that is not a bare written number: 2^6 3^5 5^4 is 2^6*3^5*5^4 and x 3^2 is
+#     9x, but "1 2^3" (12^3?) and "2^6 3" (2^{63}?) stay refused. A \frac with a
+#     rational value after a rational value is a mixed number inside an
+#     expression ("1\frac{1}{2}+x"): refused too (a lone mixed number was
+#     already read by _as_fraction);
+#   - a big operator's summand is the term after its bounds (\sum_k a_k b_k + 1
+#     adds 1 to the sum); inside it the index letter is that symbol, even "i" or
+#     "e". Sums and products are never evaluated (see _BIG);
 #   - a function takes more powers as its argument only when no "(" follows it
 #     (and its exponent), and never another function: \sin 2x = sin(2x),
 #     \sin(2)x = sin(2) x, \sin x \cos x = sin(x) cos(x);
 #   - refused up front (ValueError): nesting deeper than _MAX_DEPTH, n! unless n
 #     is an integer in 0..300, \binom{n}{k} unless n in 0..10000 and k an
 #     integer, roots of index outside 2..100, results or radicands too large
-#     to compute quickly (_safe_pow, _safe_root), scientific exponents past 300.
-_STARTS_ATOM = frozenset((*_FUNCS, *_CONSTANTS, "(", "{", r"\frac", r"\sqrt", r"\binom"))
+#     to compute quickly (_safe_pow, _safe_product, _safe_root), scientific
+#     exponents past 300.
+_STARTS_ATOM = frozenset((*_FUNCS, *_CONSTANTS, *_BIG, "(", "{", r"\frac", r"\sqrt", r"\binom"))
 _TIMES = ("*", r"\cdot", r"\times")
 _DIVIDE = ("/", r"\div")
 
@@ -341,6 +396,7 @@ class _Parser:
 
     def __init__(self, tokens: list[str]):
         self.toks, self.pos, self.depth = tokens, 0, 0
+        self.bound: dict[str, sympy.Symbol] = {}   # index letters of the \sum being read
 
     def peek(self) -> str | None:
         return self.toks[self.pos] if self.pos < len(self.toks) else None
@@ -380,23 +436,25 @@ class _Parser:
         return self.term()
 
     def term(self):
+        start = self.pos
         value = self.power()
         while (tok := self.peek()) is not None:
-            if tok in _TIMES:
+            bare = self.pos == start + 1 and _is_number(self.toks[start])   # last factor: "2", not 2^6
+            if tok in _TIMES or tok in _DIVIDE:
                 self.take()
-                value = value * self.power()
-            elif tok in _DIVIDE:
-                self.take()
-                value = value / self.power()
+                start = self.pos
+                value = _safe_product(value, self.power(), divide=tok in _DIVIDE)
             elif _starts_atom(tok):              # implicit product: 2\sqrt{3}, 3x
                 # ...but never of two written numbers ("2.5.3", "2^{3}4", "x2") nor of a
                 # number and a numeric fraction (1\frac{1}{2} is a mixed number): ambiguous.
-                if _is_number(tok):
+                # 2^6 3^5 is a product: a number's power after a factor that is no bare number.
+                if _is_number(tok) and (bare or self.toks[self.pos + 1:self.pos + 2] != ["^"]):
                     raise ValueError("two numbers side by side")
+                start = self.pos
                 factor = self.power()
                 if tok == r"\frac" and factor.is_Rational and value.is_Rational:
                     raise ValueError("mixed number inside an expression")
-                value = value * factor
+                value = _safe_product(value, factor)
             else:
                 break
         return value
@@ -435,10 +493,16 @@ class _Parser:
         if tok in _FUNCS:                        # \sin x, \sin(x), \sin^2 x
             p = self.exponent() if self.accept("^") else None
             return self.function(tok, p)
+        if tok in _BIG:
+            return self.big_operator(tok)
+        if tok in self.bound:
+            return self.bound[tok]
         if tok in _CONSTANTS:
             return _CONSTANTS[tok]
         if len(tok) == 1 and tok.isalpha():
             return sympy.Symbol(tok)
+        if tok[1:2] == "_":                      # F_{n-k-1}: one symbol, named by its text
+            return sympy.Symbol(tok[:2] + tok[2:].removeprefix("{").removesuffix("}"))
         raise ValueError(f"unsupported token {tok!r}")
 
     def root_index(self):
@@ -449,6 +513,29 @@ class _Parser:
         self.take("]")
         return n
 
+    def big_operator(self, name: str):
+        """\\sum_{k=lo}^{hi} body (either order of bounds) -> _BIG[name](body, k, lo, hi)."""
+        self.nest()
+        index = lower = upper = None
+        for _ in range(2):
+            if upper is None and self.accept("^"):
+                upper = self.atom()
+            elif index is None and self.accept("_"):
+                self.take("{")
+                index = self.take()
+                if not (len(index) == 1 and index.isalpha()):
+                    raise ValueError("a sum's index must be a letter")
+                self.take("=")
+                lower = self.expr()
+                self.take("}")
+        if index is None or upper is None:
+            raise ValueError("a sum needs its index and both bounds")
+        outer, self.bound = self.bound, {**self.bound, index: sympy.Symbol(index)}
+        body = self.term()
+        self.bound = outer
+        self.depth -= 1
+        return _BIG[name](body, sympy.Symbol(index), lower, upper)
+
     def function(self, name: str, p):
         """name(argument) ** p; the argument is the power(s) after the name."""
         self.nest()
@@ -457,7 +544,7 @@ class _Parser:
         argument = self.power()
         while (not parenthesised and (tok := self.peek()) is not None and _starts_atom(tok)
                and tok not in _FUNCS):
-            argument = argument * self.power()
+            argument = _safe_product(argument, self.power())
         value = _FUNCS[name](argument)
         self.depth -= 1
         return _safe_pow(value, p) if p is not None else value
@@ -523,6 +610,11 @@ def _is_zero(diff, point) -> bool:
 def _sympy_equal(a, b) -> bool:
     if a == b:
         return True
+    if a.func in _BIG.values() or b.func in _BIG.values():
+        # Two sums (products) are equal if body, index and bounds are: body as a
+        # function of every real index, which is more than equal on the integers.
+        # A sum inside a larger expression is only compared structurally (above).
+        return a.func == b.func and all(_sympy_equal(x, y) for x, y in zip(a.args, b.args))
     if a.has(*_BAD) or b.has(*_BAD):             # infinities: only structurally equal
         return False
     if a.is_Rational and b.is_Rational:           # exact, and a != b
@@ -540,24 +632,79 @@ def _sympy_equal(a, b) -> bool:
     return checked >= (2 if symbols else 1)
 
 
-def _equations_equal(a: str, b: str) -> bool:
-    """L1 = R1 vs L2 = R2: same equation if L1-R1 = c (L2-R2) for a constant c != 0."""
-    sides = [_parse(x) for x in _split_top(a, "=") + _split_top(b, "=")]
-    if any(x is None for x in sides):
-        return False
-    da, db = sides[0] - sides[1], sides[2] - sides[3]
-    if da == db or da == -db:
-        return True
+def _ratio(da, db):
+    """c if da = c db for a constant c != 0 (exactly, or at all the fixed points
+    where both are defined, at least two), else None."""
+    if da == db:
+        return sympy.Integer(1)
+    if da == -db:
+        return sympy.Integer(-1)
     symbols = sorted(da.free_symbols | db.free_symbols, key=str)
     if not symbols or len(symbols) > 8 or da.has(*_BAD) or db.has(*_BAD):
-        return False
+        return None
     ratios = []
     for point in _points(symbols):
         u, v = _value(da, point), _value(db, point)
         if u is not None and v is not None and v != 0:
             ratios.append(u / v)
-    return (len(ratios) >= 2 and ratios[0] != 0
-            and all(_near(r, ratios[0]) for r in ratios[1:]))
+    if len(ratios) >= 2 and ratios[0] != 0 and all(_near(r, ratios[0]) for r in ratios[1:]):
+        return ratios[0]
+    return None
+
+
+def _equations_equal(a: str, b: str) -> bool:
+    """L1 = R1 vs L2 = R2: same equation if L1-R1 = c (L2-R2) for a constant c != 0.
+    Both left sides count: \\cos x = a is not \\sin x = a."""
+    sides = [_parse(x) for x in _split_top(a, "=") + _split_top(b, "=")]
+    if any(x is None for x in sides):
+        return False
+    return _ratio(sides[0] - sides[1], sides[2] - sides[3]) is not None
+
+
+_REL_RE = re.compile(r"(<|>|\\(?:le|ge|neq)(?![a-zA-Z]))")   # the spellings _normalize leaves
+_FLIP = {">": "<", r"\ge": r"\le"}
+
+
+def _relation(lhs: str, op: str, rhs: str):
+    """L op R -> (op, D) meaning D > 0 ("<"), D >= 0 ("\\le") or D != 0 ("\\neq"):
+    one direction, so -x > -1 and x < 1 both read 1 - x > 0. None if unparseable."""
+    left, right = _parse(lhs), _parse(rhs)
+    if left is None or right is None:
+        return None
+    if op in _FLIP:
+        left, right, op = right, left, _FLIP[op]
+    return op, right - left
+
+
+def _relations_equal(ra, rb) -> bool:
+    """Same relation if D1 = c D2 with c > 0 (any c != 0 for \\neq); with no
+    variable at all, 1 < 2 and 3 < 4 are not one answer."""
+    if ra is None or rb is None or ra[0] != rb[0]:
+        return False
+    if not (ra[1].free_symbols or rb[1].free_symbols):
+        return False
+    c = _ratio(ra[1], rb[1])
+    return c is not None and (ra[0] == r"\neq" or bool(c.is_positive))
+
+
+def _relation_vs_interval(rel: list[str], interval) -> bool:
+    """-x > -1 vs (-\\infty,1), which is what x < 1 was normalised to: the
+    interval read as a relation in the relation's only variable."""
+    ra = _relation(*rel)
+    (opening, closing, items) = interval
+    if ra is None or len(items) != 2 or len(ra[1].free_symbols) != 1:
+        return False
+    v = next(iter(ra[1].free_symbols))
+    lo, hi = (x.strip() for x in items)
+    if lo == r"-\infty" and hi not in (r"\infty", r"+\infty"):
+        bound, strict, d = _parse(hi), closing == ")", lambda b: b - v
+    elif hi in (r"\infty", r"+\infty") and lo != r"-\infty":
+        bound, strict, d = _parse(lo), opening == "(", lambda b: v - b
+    else:
+        return False
+    if bound is None or bound.free_symbols or bound.has(*_BAD):
+        return False
+    return _relations_equal(ra, ("<" if strict else r"\le", d(bound)))
 
 
 def _is_text(s: str) -> bool:
@@ -629,7 +776,8 @@ def _expand_pm(items: list[str]) -> list[str]:
 
 
 def _shape(s: str):
-    """(kind, payload): matrix, set (unordered), tuple (ordered, with brackets), eq, scalar."""
+    """(kind, payload): matrix, set (unordered), tuple (ordered, with brackets),
+    rel ([lhs, op, rhs]), eq, scalar."""
     m = _MATRIX_RE.fullmatch(s)
     if m:
         rows = [r.split("&") for r in m.group(2).split("\\\\") if r.strip()]
@@ -648,6 +796,9 @@ def _shape(s: str):
             return "tuple", (s[0], s[-1], items)
     if len(_PM_RE.findall(s)) == 1:
         return "set", _expand_pm([s])
+    rel = _REL_RE.split(s)
+    if len(rel) == 3 and rel[0] and rel[2]:       # one relation; chains stay scalar (refused)
+        return "rel", rel
     if len(_split_top(s, "=")) == 2:
         return "eq", s
     return "scalar", s
@@ -690,6 +841,8 @@ def _equiv_cached(a: str, b: str) -> bool:
             eq, other = (a, b) if ka == "eq" else (b, a)
             lhs, rhs = _split_top(eq, "=")
             return bool(_LHS_RE.fullmatch(lhs)) and _equiv_norm(normalize_answer(rhs), other)
+        if {ka, kb} == {"rel", "tuple"}:     # -x > -1 vs (-\infty,1)
+            return _relation_vs_interval(*((pa, pb) if ka == "rel" else (pb, pa)))
         return False
     if ka == "set":
         return len(pa) <= MAX_ITEMS and _match_unordered(norm(pa), norm(pb))
@@ -704,6 +857,8 @@ def _equiv_cached(a: str, b: str) -> bool:
                         for x, y in zip(norm(ra), norm(rb))))
     if ka == "eq":
         return _equations_equal(a, b)
+    if ka == "rel":
+        return _relations_equal(_relation(*pa), _relation(*pb))
     return _scalar_equal(a, b)
 
 

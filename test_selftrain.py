@@ -1557,3 +1557,177 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     assert miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "1e-4", "--steps", "100"])
     assert not miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "2e-4", "--steps", "100"])
     assert not miniature.extends(["--lr", "1e-4", "--steps", "100"], ["--lr", "1e-4", "--steps", "60"])
+
+
+# ------------------------------------------------------------- the grader: forms other graders accept, one table a rule
+# Each rule with both verdicts, every pair checked in both directions: a false positive is worse than a miss.
+
+def both(a, b):
+    return is_equiv(a, b), is_equiv(b, a)
+
+
+# 1. a box that still holds its lead-in and math delimiters
+DELIMITERS = [
+    ("Answer $ 9 $", "9", True), ("Answer \\[ 9 \\]", "9", True), ("Answer \\( (9+1) \\)", "10", True),
+    ("$$\n9\n$$", "9", True), ("$$\n\\frac{1}{2}\n$$", "0.5", True), ("Final answer: $\\frac{1}{2}$", "0.5", True),
+    ("Final Answer: \\( x^2+1 \\)", "1+x^2", True), ("The answer is \\(\\sqrt{2}\\)", "\\sqrt2", True),
+    ("\\text{Answer:} 9", "9", True), ("\\[ [0,7) \\]", "[0,7)", True), ("\\( (1,2] \\)", "(1,2]", True),
+    ("Answer $ 9 $", "8", False), ("Answer \\( (9+1) \\)", "11", False), ("\\[ [0,7) \\]", "[0,7]", False),
+    ("\\[ [0,7) \\]", "(0,7)", False), ("Answers 9", "9", False), ("Answer", "9", False),
+    ("Final answer: $\\frac{1}{2}$", "\\frac13", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", DELIMITERS)
+def test_grader_answer_delimiters(a, b, expected):
+    assert both(a, b) == (expected, expected)
+    assert grade("so \\boxed{" + a + "}.", b) == float(expected)
+
+
+def test_grader_answer_delimiters_keep_brackets_and_matrix_rows():
+    assert normalize_answer("\\[ [0,7) \\]") == normalize_answer("[0,7)") == "[0,7)"
+    assert normalize_answer("\\( (1,2] \\)") == "(1,2]"
+    assert "\\\\[" in normalize_answer("\\begin{pmatrix} 1 \\\\[2pt] 2 \\end{pmatrix}")   # "\\[2pt]" is a row break
+    assert normalize_answer("Answer $ 9 $") == normalize_answer("\\[9\\]") == "9"
+
+
+# 2. a gold answer that holds its own box
+GOLDS = [" So the answer is: \\[ \\boxed{32349} \\]", "x \\in \\boxed{\\{-1\\} \\cup [0,7)}.$",
+         "the answer is $\\fbox{7}$", "\\boxed 5", "first \\boxed{1}, finally \\boxed{\\frac{1}{2}}."]
+GOLD_BOX = [
+    ("32349", GOLDS[0], True), ("32,349", GOLDS[0], True), ("32348", GOLDS[0], False), ("So", GOLDS[0], False),
+    ("\\{-1\\}\\cup[0,7)", GOLDS[1], True), ("[0,7)\\cup\\{-1\\}", GOLDS[1], True), ("\\{1\\}\\cup[0,7)", GOLDS[1], False),
+    ("[0,7)", GOLDS[1], False), ("x", GOLDS[1], False),
+    ("7", GOLDS[2], True), ("5", GOLDS[3], True), ("0.5", GOLDS[4], True), ("1", GOLDS[4], False),
+    ("5", "\\boxed{5", False), ("5", "\\boxed{}", False), ("5", "\\boxed{\\boxed{", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", GOLD_BOX)
+def test_grader_gold_with_box(a, b, expected):
+    assert both(a, b) == (expected, expected)
+    assert grade("thus \\boxed{" + a + "}", b) == float(expected)
+
+
+@pytest.mark.parametrize("gold", GOLDS)
+def test_grader_gold_with_box_grades_itself(gold):
+    assert grade(gold, gold) == 1.0
+    assert normalize_answer(gold) == normalize_answer(extract_answer(gold))
+
+
+def test_grader_gold_with_box_is_fast_on_hostile_boxes():
+    t = time.time()
+    for bad in ("\\boxed{" * 20_000, "\\boxed{" + "{" * 20_000 + "1" + "}" * 20_000 + "}", "\\boxed " * 20_000):
+        assert is_equiv(bad, "1") is False and grade(bad, bad) in (0.0, 1.0)
+    assert time.time() - t < 2.0
+
+
+# 3. not-equal: !=, \neq, \ne (and \not=, ≠) are one relation
+NOT_EQUAL = [
+    ("x != 5", "x \\neq 5", True), ("x \\ne 5", "x \\neq 5", True), ("x \\ne 5", "x != 5", True),
+    ("x \\not= 5", "x\\neq5", True), ("x ≠ 5", "x \\ne 5", True), ("5 \\neq x", "x \\neq 5", True),
+    ("x \\neq \\frac12", "x != 0.5", True), ("2x \\neq 10", "x \\ne 5", True),
+    ("x \\neq 5", "x = 5", False), ("x != 5", "5", False), ("x \\ne 5", "x \\neq 6", False),
+    ("x \\neq 5", "y \\neq 5", False), ("x != 5", "x < 5", False), ("x \\neq 5", "x > 5", False),
+    ("5!=120", "5 \\neq 120", False), ("x \\neq 5", "x \\neq -5", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", NOT_EQUAL)
+def test_grader_not_equal(a, b, expected):
+    assert both(a, b) == (expected, expected)
+
+
+# 4. inequalities compare as relations: multiplying by -1 flips the direction, a positive factor does nothing
+INEQUALITIES = [
+    ("-x > -1", "x < 1", True), ("-x >= -1", "x <= 1", True), ("-x \\geq -1", "x \\le 1", True),
+    ("-x \\ge -1", "(-\\infty, 1]", True), ("-x > -1", "(-\\infty,1)", True), ("-x < 1", "x > -1", True),
+    ("-x \\le 2", "x \\ge -2", True), ("2x > 2", "x > 1", True), ("x > y", "y < x", True), ("1 > x", "x < 1", True),
+    ("x \\leqslant 3", "x \\le 3", True), ("-2x+4 \\ge 0", "x \\le 2", True), ("a - b > 0", "b < a", True),
+    ("-x > -1", "x > 1", False), ("-x > -1", "x \\le 1", False), ("-x >= -1", "x < 1", False),
+    ("-x > -1", "-x < -1", False), ("x > y", "x < y", False), ("-x > -1", "x < 2", False),
+    ("x^2 > 1", "x > 1", False), ("-x > -1", "(-\\infty,1]", False), ("-x > -1", "(1,\\infty)", False),
+    ("1 < 2", "3 < 4", False), ("-x > -1", "x = 1", False), ("-x > -1", "1", False),
+    ("-x > -1", "-x \\neq -1", False), ("x > y", "x > 2y", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", INEQUALITIES)
+def test_grader_inequalities(a, b, expected):
+    assert both(a, b) == (expected, expected)
+
+
+# 5. juxtaposed powers are a product; two bare numbers side by side stay refused
+JUXTAPOSITION = [
+    ("2^6 3^5 5^4", "2^6 * 3^5 * 5^4", True), ("2^6 3^5 5^4", "9720000", True),
+    ("2^{6} 3^{5}", "2^6\\cdot 3^5", True), ("(x+1) 2^3", "8x+8", True), ("\\sqrt{2} 3^2", "9\\sqrt2", True),
+    ("x 3^2", "9x", True),
+    ("2^6 3^5 5^4", "2^6 * 3^5 * 5^3", False), ("1 2", "12", False), ("1 2", "2", False),
+    ("2^{3}4", "32", False), ("2^3 4", "32", False), ("1 2^3", "8", False), ("1 2^3", "1728", False),
+    ("2^6 3", "192", False), ("2^6 3", "2^{63}", False), ("x2", "2x", False), ("2.5.3", "0.75", False),
+    ("2 \\cdot 3 4^2", "96", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", JUXTAPOSITION)
+def test_grader_juxtaposition(a, b, expected):
+    assert both(a, b) == (expected, expected)
+
+
+# 6. subscripted letters are symbols; a sum equals a sum with the same index, bounds and an equal summand
+SUMS = [
+    ("\\sum_{k=0}^{n-1} F_{n-k-1} F_k", "\\sum_{k=0}^{n-1} F_k F_{n-k-1}", True),
+    ("\\sum\\limits_{k=0}^{n-1} F_kF_{n-k-1}", "\\sum_{k=0}^{n - 1} F_{n-k-1} \\cdot F_k", True),
+    ("\\sum^{n-1}_{k=0} F_k F_{n-k-1}", "\\sum_{k=0}^{n-1} F_{n-k-1} F_k", True),
+    ("\\sum_{k=1}^{n} 2(k+1)", "\\sum_{k=1}^{n} (2k+2)", True), ("\\sum_{k=1}^{n} (k+1)^2", "\\sum_{k=1}^{n} (k^2+2k+1)", True),
+    ("\\prod_{k=1}^{n} a_k b_k", "\\prod_{k=1}^{n} b_k a_k", True), ("F_{n-1} + F_n", "F_n + F_{n-1}", True),
+    ("F_k F_{k+1}", "F_{k+1} \\cdot F_k", True), ("a_1 + a_2", "a_2+a_1", True), ("2a_{1}", "a_1+a_1", True),
+    ("\\sum_{k=0}^{n-1} F_k F_{n-k-1}", "\\sum_{k=0}^{n} F_k F_{n-k-1}", False),
+    ("\\sum_{k=0}^{n-1} F_k F_{n-k-1}", "\\sum_{k=1}^{n-1} F_k F_{n-k-1}", False),
+    ("\\sum_{k=0}^{n-1} F_k F_{n-k-1}", "\\sum_{k=0}^{n-1} F_k F_{n-k}", False),
+    ("\\sum_{k=0}^{n-1} F_k F_{n-k-1}", "\\prod_{k=0}^{n-1} F_k F_{n-k-1}", False),
+    ("\\sum_{k=0}^{n-1} F_k F_{n-k-1}", "F_k F_{n-k-1}", False),
+    ("\\sum_{k=1}^{n} (k+1)^2", "\\sum_{k=1}^{n} (k^2+1)", False),
+    ("\\sum_{i=1}^{n} -i^2", "\\sum_{i=1}^{n} 1", False),   # the index i is not the imaginary unit
+    ("F_k", "F_{k+1}", False), ("F_k", "Fk", False), ("a_1 + a_2", "a_1 + a_3", False), ("204_5", "204", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", SUMS)
+def test_grader_sums_and_subscripts(a, b, expected):
+    assert both(a, b) == (expected, expected)
+
+
+# 7. an equation's left side counts when both answers have one; it is dropped only against one without
+LEFT_SIDES = [
+    ("\\sin(x)=\\frac{42}{59}", "\\sin(x)=\\frac{42}{59}", True), ("\\sin(x)=a", "\\sin(x)=a", True),
+    ("p(x)=x^2+1", "x^2+1", True), ("\\cos(x)=\\frac{42}{59}", "\\frac{42}{59}", True),
+    ("\\cos x = \\frac{42}{59}", "\\cos(x)=\\frac{42}{59}", True), ("\\cos(x)=0.5", "\\cos(x) = \\frac12", True),
+    ("f(x) = 2x", "f(x)=x+x", True), ("x = 5", "5", True), ("y = 2x+3", "2x+3", True),
+    ("\\cos(x)=\\frac{42}{59}", "\\sin(x)=\\frac{42}{59}", False), ("f(x)=x^2+1", "g(x)=x^2+1", False),
+    ("p(x)=x^2+1", "p(x)=x^2+2", False), ("p(x)=x^2+1", "x^2+2", False), ("\\tan(x)=1", "\\cot(x)=1", False),
+    ("\\cos(x)=\\frac{42}{59}", "\\frac{42}{58}", False), ("y = 2x+3", "z = 2x+3", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", LEFT_SIDES)
+def test_grader_equation_left_sides(a, b, expected):
+    assert both(a, b) == (expected, expected)
+    assert grade("\\boxed{" + a + "}", b) == float(expected)
+
+
+# the new syntax (juxtaposed powers, sums, subscripts, relations) must stay as cheap on hostile input as the old
+NEW_HOSTILE = [
+    " ".join(["9^{9999}"] * 110), "\\sin " + " ".join(["9^{9999}"] * 110), "\\sum_{k=1}^{n}" * 500 + "k",
+    "\\sum_{k=1}^{10^{100}} k", "\\prod_{k=1}^{n}" * 39 + "k", "F_{" * 1000, "a_{" + "1" * 40 + "}",
+    "-x>" * 1000, "x\\neq" * 300 + "1", "\\neq" * 1000, "Answer " * 10_000, "\\(" * 10_000, "\\[" * 10_000 + "1",
+]
+
+
+@pytest.mark.parametrize("bad", NEW_HOSTILE, ids=range(len(NEW_HOSTILE)))
+def test_grader_new_syntax_is_cheap_on_hostile_input(bad):
+    t = time.time()
+    for other in ("1", "x", bad + "+0"):
+        assert is_equiv(bad, other) in (True, False) and is_equiv(other, bad) in (True, False)
+    assert grade("\\boxed{" + bad + "}", "1") in (0.0, 1.0) and grade(bad, bad) in (0.0, 1.0)
+    assert time.time() - t < 2.0
