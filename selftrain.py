@@ -481,6 +481,7 @@ def load_policy(cfg, ckpt, device):
 
 def main(cfg):
     check_config(cfg)
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the KV cache grows: less fragmenting
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     start, ckpt = checkpoint_to_resume(cfg)  # (0, None) for a fresh run
     if ckpt and start == cfg.steps:
@@ -494,7 +495,7 @@ def main(cfg):
     stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
     if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
         rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
     if ckpt:
         load_checkpoint(opt, ckpt)
     truncate_logs(cfg.out_dir, start)  # rows a crash left past the checkpoint would be logged twice
