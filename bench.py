@@ -2,6 +2,8 @@
 
     python bench.py                                   # CPU, offline, a few minutes on 2 cores
     python bench.py --steps 1 --prompts 8 --samples 8 # quicker
+    python bench.py --gpu                             # rollout engines side by side on one GPU (~5 min, H100)
+    python bench.py --gpu --smoke                     # the same code, tiny, on the CPU (a dry run)
 
 Absolute times on a shared CPU are noise; ratios measured side by side are not. Every time here is the
 process's CPU time with one torch thread (--threads), so other jobs on the machine and thread
@@ -22,10 +24,12 @@ selftrain.main runs (`wrapped`), so what is timed and counted is what training d
 """
 import argparse
 import contextlib
+import copy
 import io
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -44,7 +48,8 @@ import data
 import grader
 import rewards
 import selftrain
-from model import INSTRUCTION, completion_logprobs, encode_prompts, left_pad, load_model, pack, rollout, stop_token_ids
+from model import (INSTRUCTION, Rollout, completion_lengths, completion_logprobs, encode_prompts, left_pad, load_model,
+                   pack, rollout, stop_token_ids)
 
 clock = time.process_time  # CPU seconds of this process, all threads
 transformers.logging.set_verbosity_error()
@@ -418,6 +423,522 @@ def head_precision_gaps():
 
 
 # ------------------------------------------------------------------------------------------------------
+# --gpu: rollout engines side by side (python bench.py --gpu; --smoke: the same code, tiny, on the CPU)
+#
+# Today's model.rollout (fp32 weights under bf16 autocast, gen_chunk sequences per generate call) against three
+# candidates, all run on a bf16 copy of the policy: plain generate with every sequence in one call, generate with a
+# static KV cache (which transformers compiles on CUDA), and transformers' continuous batching (generate_batch). Every
+# engine returns what model.rollout returns, so one set of helpers measures them all. The model is random with
+# Qwen2.5-Math-1.5B's shape (no download); its LM head gets a bias on the EOS row, which sets how often EOS comes:
+#   (a) pushed down, every sequence runs to the limit: ms per decode step, tokens/s, peak memory;
+#   (b) raised until ~3% of the responses are truncated at 512 tokens: finished sequences matter here.
+# Also per engine: the sampler/learner log-prob gap (what it drew from against what the update scores) and the KV
+# cache's bytes per token. Timed phases stop at --budget_s, each with one printed line, so the run fits a short lease.
+
+GPU_SHAPE = dict(vocab_size=151_936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                 num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=10000.0,
+                 tie_word_embeddings=True)
+SMOKE_SHAPE = dict(GPU_SHAPE, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                   num_attention_heads=4, max_position_embeddings=256)
+# B prompts x n samples of P random tokens; Ta / Tb new tokens in (a) / (b); Tw in the warm-up; today's gen_chunk;
+# k sequences for the gap; the full-length step of the KV estimate (sequences, tokens); seconds for the engines.
+GPU_RUN = dict(B=16, n=16, P=1024, Ta=128, Tb=512, Tw=16, chunk=selftrain.Config().gen_chunk, k=8,
+               full=(256, 4096), budget=300.0)
+SMOKE_RUN = dict(B=4, n=2, P=16, Ta=8, Tb=16, Tw=4, chunk=4, k=4, full=(8, 64), budget=120.0)
+# in the order they run: the static cache compiles for a minute or more, so it goes last, where the deadline bites
+ENGINES = {"today": "today: fp32 + autocast, chunk {chunk}", "bf16": "bf16 copy, all in one call",
+           "cb": "bf16 copy, continuous batching", "static": "bf16 copy, static cache + compile"}
+
+
+class _IdsOnly:
+    """The part of a tokenizer that model.rollout uses: the pad id, and decode (texts are not needed here)."""
+    def __init__(self, pad_token_id):
+        self.pad_token_id = pad_token_id
+
+    def decode(self, ids, skip_special_tokens=True):
+        return ""
+
+
+def gpu_policy(shape, device, seed=0):
+    """The policy as load_model leaves it (fp32 weights, fp32_head), random, initialised on the device (fast). Its
+    LM head gets a bias, zero but for the EOS row, so each workload can set how often EOS is drawn."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    import model as model_module
+
+    torch.manual_seed(seed)
+    with torch.device(device):
+        policy = Qwen2ForCausalLM(Qwen2Config(**shape)).float()
+        policy.get_output_embeddings().bias = torch.nn.Parameter(torch.zeros(shape["vocab_size"]))
+    model_module.fp32_head(policy)
+    return policy.eval()
+
+
+def bf16_sampler(policy):
+    """Candidate 1: a bf16 copy that samples without autocast. deepcopy keeps the embedding and the LM head tied;
+    fp32_head again, so its logits are fp32 (computed from the bf16-rounded head) like the policy's."""
+    import model as model_module
+
+    sampler = copy.deepcopy(policy).to(torch.bfloat16)
+    model_module.fp32_head(sampler)
+    return sampler.eval()
+
+
+def set_eos_bias(models, eos, value):
+    """In place, so CUDA graphs captured over the bias see the new value."""
+    with torch.no_grad():
+        for m in models:
+            m.get_output_embeddings().bias[eos] = value
+
+
+def calibrate_eos_bias(policy, prompts, eos, new_tokens, truncated=0.03):
+    """The EOS bias at which ~`truncated` of the responses reach new_tokens: a per-token EOS hazard h with
+    (1 - h)^new_tokens = truncated, matched on average over the model's next-token distributions at the prompts'
+    last positions (random prompt tokens look like the random model's samples). The bias must be 0 when called.
+    Rounded to 1/8, exact in bf16, so the sampler's bias equals the policy's."""
+    hazard = 1 - truncated ** (1 / new_tokens)
+    ids = torch.tensor(prompts, device=policy.device)
+    with torch.no_grad(), torch.autocast(policy.device.type, dtype=torch.bfloat16):
+        logits = policy(input_ids=ids, logits_to_keep=min(128, ids.shape[1])).logits.float()   # [k, pos, V]
+    logp = (logits[..., eos] - torch.logsumexp(logits, -1)).flatten()                           # log p(EOS)
+    logit = logp - torch.log1p(-logp.exp())            # EOS against the rest; + bias = the biased logit
+    lo, hi = -30.0, 30.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if torch.sigmoid(logit + mid).mean().item() < hazard else (lo, mid)
+    return round(lo * 8) / 8
+
+
+def device_tools(device):
+    """(sync, reset peak, peak GiB) for timing and memory; on a CPU there is no peak to read."""
+    if device.type == "cuda":
+        return (torch.cuda.synchronize, torch.cuda.reset_peak_memory_stats,
+                lambda: torch.cuda.max_memory_allocated() / 2 ** 30)
+    return (lambda: None), (lambda: None), (lambda: float("nan"))
+
+
+def timed(fn, sync):
+    """(wall seconds, fn()) with the device's queue drained before and after."""
+    sync()
+    t = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t, out
+
+
+def refresh_ms(sampler, policy, sync, reps=3):
+    """ms to refresh the bf16 copy in place from the fp32 policy, as after every optimizer step: p_copy.copy_(p)
+    per parameter, and one torch._foreach_copy_ over them all. Best of reps."""
+    pairs = list(zip(sampler.parameters(), policy.parameters()))
+    assert all(a.shape == b.shape for a, b in pairs), "the copy's parameters do not line up with the policy's"
+
+    def loop():
+        for a, b in pairs:
+            a.copy_(b)
+
+    def fused():
+        torch._foreach_copy_([a for a, _ in pairs], [b for _, b in pairs])
+
+    with torch.no_grad():
+        return [1000 * min(timed(f, sync)[0] for _ in range(reps)) for f in (loop, fused)]
+
+
+@contextlib.contextmanager
+def drawn_probs(k):
+    """Record the first k rows of every distribution that generate samples from (what torch.multinomial gets)."""
+    drawn, real = [], torch.multinomial
+    torch.multinomial = lambda probs, *a, **kw: drawn.append(probs[:k].float().clone()) or real(probs, *a, **kw)
+    try:
+        yield drawn
+    finally:
+        torch.multinomial = real
+
+
+def generate_engine(call, k):
+    """A generate-based engine: call(prompts, new_tokens) -> rollouts. With logprobs=True the first k rollouts
+    (all in the first generate call, k <= gen_chunk) carry sampler_logp: log p of each drawn token under the
+    distribution generate drew it from, one multinomial call per decode step."""
+    def run(prompts, new_tokens, logprobs=False):
+        if not logprobs:
+            return call(prompts, new_tokens)
+        with drawn_probs(k) as drawn:
+            outs = call(prompts, new_tokens)
+        for i, o in enumerate(outs[:k]):
+            steps = torch.arange(len(o.completion_ids))
+            probs = torch.stack(drawn[:len(steps)])[steps, i, torch.tensor(o.completion_ids)]   # [len]
+            o.sampler_logp = probs.log().tolist()
+        return outs
+    return run
+
+
+@contextlib.contextmanager
+def static_cache(max_len):
+    """Candidate 2: model.rollout's generate calls with a static KV cache, sized for the longest workload so that
+    every call has the same shapes and one compiled graph serves them all. transformers 5.24 compiles the decode
+    forward itself when the cache is static and the device is CUDA (_valid_auto_compile_criteria; CompileConfig()
+    defaults: inductor, mode 'reduce-overhead', i.e. CUDA graphs; the prefill runs uncompiled); on a CPU it does not."""
+    from transformers import GenerationConfig
+    import model as model_module
+
+    # an older transformers without max_cache_len sizes the cache per call (prompt + new tokens) and recompiles
+    sized = {"max_cache_len": max_len} if hasattr(GenerationConfig(), "max_cache_len") else {}
+
+    def make(generate_raw):
+        return lambda m, **kw: generate_raw(m, cache_implementation="static", **sized, **kw)
+    with wrapped(model_module, "generate_raw", make):
+        yield
+
+
+def cb_rollout(sampler, prompts, n, new_tokens, eos, pad, logprobs=False):
+    """Candidate 3: transformers' continuous batching (generate_batch: a paged KV cache, finished sequences leave
+    the batch, a prompt's n samples share its prompt's cache blocks). Its pool is sized for this workload
+    (num_blocks), not 90% of free GPU memory, which training could not spare. Results come prompt-major (each
+    request's forked children, then itself). -> model.rollout's output; with logprobs, sampler_logp from CB."""
+    from transformers import GenerationConfig
+    from transformers.generation import ContinuousBatchingConfig
+
+    gen = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=n,
+                           eos_token_id=[eos], pad_token_id=pad, max_new_tokens=new_tokens)
+    page = 256
+    blocks = len(prompts) * n * -(-(len(prompts[0]) + new_tokens) // page) + 8
+    cb = ContinuousBatchingConfig(page_size=page, num_blocks=blocks, return_logprobs=logprobs)
+    results = list(sampler.generate_batch(prompts, generation_config=gen, continuous_batching_config=cb,
+                                          max_new_tokens=new_tokens, progress_bar=False).values())
+    if len(results) != len(prompts) * n or any(r.error for r in results) or \
+            any(list(r.prompt_ids) != prompts[i // n] for i, r in enumerate(results)):
+        raise RuntimeError(f"generate_batch returned {len(results)} of {len(prompts) * n} results, "
+                           f"errors {[r.error for r in results if r.error][:1]}, or out of order")
+    gen_ids = [list(r.generated_tokens) for r in results]
+    comp = torch.full((len(gen_ids), max(1, *map(len, gen_ids))), pad, dtype=torch.long)   # [b, C], right-padded
+    for i, g in enumerate(gen_ids):
+        comp[i, :len(g)] = torch.tensor(g, dtype=torch.long)
+    lengths, truncated = completion_lengths(comp, [eos])
+    outs = [Rollout(list(r.prompt_ids), g[:int(m)], "", bool(t))
+            for r, g, m, t in zip(results, gen_ids, lengths, truncated)]
+    for o, r in zip(outs, results):
+        o.sampler_logp = list(r.logprobs[:len(o.completion_ids)]) if logprobs else None
+    return outs
+
+
+def rollout_engines(policy, sampler, run, eos, pad, names):
+    """name -> rollout(prompts, new_tokens, logprobs=False) -> model.rollout's output, for the chosen engines."""
+    tok, n, stop = _IdsOnly(pad), run.n, [eos]
+
+    def today(prompts, T):
+        return rollout(policy, tok, prompts, n, T, 1.0, 1.0, chunk=run.chunk, stop_ids=stop, amp=True)
+
+    def bf16(prompts, T):
+        return rollout(sampler, tok, prompts, n, T, 1.0, 1.0, chunk=len(prompts) * n, stop_ids=stop, amp=False)
+
+    def static(prompts, T):
+        with static_cache(run.P + max(run.Ta, run.Tb)):
+            return bf16(prompts, T)
+
+    def cb(prompts, T, logprobs=False):
+        return cb_rollout(sampler, prompts, n, T, eos, pad, logprobs)
+    made = {"today": generate_engine(today, run.k), "bf16": generate_engine(bf16, run.k),
+            "static": generate_engine(static, run.k), "cb": cb}
+    return {name: made[name] for name in names}
+
+
+def learner_gap(policy, outs, pad):
+    """Mean and max per-token |log p| gap between what an engine drew each token from (o.sampler_logp) and what
+    the update scores: completion_logprobs of the fp32 policy under bf16 autocast, as selftrain.update runs it."""
+    ids, attn, comp, mask = pack(outs, pad, policy.device)
+    with torch.no_grad(), torch.autocast(policy.device.type, dtype=torch.bfloat16):
+        logp, _ = completion_logprobs(policy, ids, attn, comp, mask)
+    logp = logp.tolist()
+    gaps = [abs(a - logp[i][t]) for i, o in enumerate(outs) for t, a in enumerate(o.sampler_logp)]
+    return sum(gaps) / len(gaps), max(gaps)
+
+
+def kv_bytes_per_token(model, amp, **extra):
+    """KV-cache bytes per token of one sequence, from the dtypes and shapes of the cache that a short generate
+    returns (under autocast the keys leave RoPE in fp32 and the values are bf16). Compile is off for this call."""
+    import model as model_module
+
+    ids = torch.zeros((1, 4), dtype=torch.long, device=model.device)
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=amp):
+        out = model_module.generate_raw(model, input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                                        do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+                                        disable_compile=True, **extra)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    return sum(t.dtype.itemsize * t.shape[1] * t.shape[-1]                 # [batch, kv heads, tokens, head_dim]
+               for layer in cache.layers for t in (layer.keys, layer.values))
+
+
+def engine_kv_bytes(name, policy, sampler):
+    """KV bytes per token for one engine. Continuous batching allocates its paged cache in model.dtype
+    (continuous_api: PagedAttentionCache(dtype=self.model.dtype)), so that is read from the sampler's config."""
+    if name == "cb":
+        c = sampler.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        return 2 * sampler.dtype.itemsize * c.num_hidden_layers * c.num_key_value_heads * head_dim
+    if name == "static":
+        return kv_bytes_per_token(sampler, False, cache_implementation="static")
+    return kv_bytes_per_token(policy if name == "today" else sampler, name == "today")
+
+
+def warm_up(name, engine, ctx, r):
+    """The first call (where the engine compiles, it compiles here), in workload (a), and the sampler/learner gap
+    on its first k sequences."""
+    set_eos_bias(ctx.models, ctx.eos, ctx.bias_a)
+    torch.manual_seed(0)
+    r["first_s"], outs = timed(lambda: engine(ctx.prompts, ctx.run.Tw, logprobs=True), ctx.sync)
+    r["gap"] = side_measure(lambda: learner_gap(ctx.policy, outs[:ctx.run.k], ctx.pad), r, "gap")
+    if name == "static":
+        r["compiled"] = getattr(ctx.sampler, "_compiled_call", None) is not None
+    return True
+
+
+def over_budget(ctx, r, projected, what):
+    """True, with a one-line reason in r, when `projected` seconds would run past the deadline."""
+    left = ctx.deadline - time.time()
+    if projected > left:
+        r["skipped"] = f"{what} skipped: needs ~{projected:.0f} s, {max(left, 0):.0f} s of --budget_s left"
+    return projected > left
+
+
+def full_length(name, engine, ctx, r):
+    """Workload (a), every sequence to the limit: prefill (+ 1 token) alone, then Ta new tokens. ms per decode step
+    of all B x n sequences = (t_Ta - t_1) / (Ta - 1); projected from a second warm-up-length call first."""
+    run, sync = ctx.run, ctx.sync
+    r["prefill_s"] = timed(lambda: engine(ctx.prompts, 1), sync)[0]
+    t_w = timed(lambda: engine(ctx.prompts, run.Tw), sync)[0]
+    step = max(t_w - r["prefill_s"], 0) / (run.Tw - 1)
+    if over_budget(ctx, r, r["prefill_s"] + (run.Ta - 1) * step, "(a)"):
+        return False
+    ctx.reset()
+    r["a_s"], outs = timed(lambda: engine(ctx.prompts, run.Ta), sync)
+    r["a_peak"] = ctx.peak()
+    r["ms_step"] = 1000 * (r["a_s"] - r["prefill_s"]) / (run.Ta - 1)
+    r["a_tok_s"] = sum(len(o.completion_ids) for o in outs) / r["a_s"]
+    r["a_truncated"] = sum(o.truncated for o in outs) / len(outs)
+    return True
+
+
+def mixed_lengths(name, engine, ctx, r):
+    """Workload (b): the EOS bias raised so responses spread in length, Tb new tokens at most."""
+    run = ctx.run
+    if over_budget(ctx, r, r["prefill_s"] + (run.Tb - 1) * r["ms_step"] / 1000, "(b)"):
+        return False
+    set_eos_bias(ctx.models, ctx.eos, ctx.bias_b)
+    torch.manual_seed(0)
+    ctx.reset()
+    r["b_s"], outs = timed(lambda: engine(ctx.prompts, run.Tb), ctx.sync)
+    r["b_peak"] = ctx.peak()
+    lengths = sorted(len(o.completion_ids) for o in outs)
+    r["b_tokens"], r["b_mean"], r["b_max"] = sum(lengths), statistics.mean(lengths), lengths[-1]
+    r["b_p50"], r["b_p90"] = lengths[len(lengths) // 2], lengths[int(0.9 * (len(lengths) - 1))]
+    r["b_truncated"] = sum(o.truncated for o in outs) / len(outs)
+    r["b_tok_s"] = r["b_tokens"] / r["b_s"]
+    return True
+
+
+@contextlib.contextmanager
+def hard_deadline(seconds):
+    """TimeoutError in the main thread after `seconds` (SIGALRM): a hung engine (a compile that never ends, a
+    continuous-batching scheduler waiting forever) must not take down the results of the engines before it.
+    generate_batch waits for results in the main thread, one second at a time, so the signal gets through (it
+    logs the exception and returns what it has, so `fired` says why the results fell short)."""
+    fired = []
+
+    def fire(signum, frame):
+        fired.append(True)
+        raise TimeoutError("stopped 60 s past --budget_s")
+    previous = signal.signal(signal.SIGALRM, fire)
+    signal.alarm(max(1, int(seconds)))
+    try:
+        yield fired
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def engine_line(r):
+    """One engine's figures in one line, printed as soon as it is done (the tables come at the end)."""
+    gap = r.get("gap") or (None, None)
+    return (f"(a) {_fmt(r, 'ms_step', '.2f')} ms/step, {_fmt(r, 'a_tok_s', '.0f')} tok/s, peak "
+            f"{_fmt(r, 'a_peak', '.1f')} GiB | (b) {_fmt(r, 'b_tok_s', '.0f')} tok/s, mean length "
+            f"{_fmt(r, 'b_mean', '.0f')}, {_fmt(r, 'b_truncated', '.1%')} truncated | gap "
+            f"{_fmt({'g': gap[0]}, 'g', '.3g')} | first call {_fmt(r, 'first_s', '.1f')} s")
+
+
+def side_measure(fn, r, what):
+    """fn(), or None with the error in r["notes"], one line: a side figure that fails must not stop the engine."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        r.setdefault("notes", []).append(f"{what} failed: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+
+
+def bench_engine(name, engine, ctx):
+    """One engine through warm-up, (a) and (b); a phase that raises ends it with its error in one line (an
+    engine that cannot run here must not stop the others). Compiled graphs and caches are freed afterwards."""
+    r, phase, fired = {"engine": name}, "start", []
+    try:
+        r["kv_bytes"] = side_measure(lambda: engine_kv_bytes(name, ctx.policy, ctx.sampler), r, "KV bytes")
+        # the static engine compiles in its first call (a minute or more on CUDA), which no projection bounds
+        if over_budget(ctx, r, (0.3 if name == "static" else 0.1) * ctx.run.budget, "engine"):
+            return r
+        with hard_deadline(ctx.deadline + 60 - time.time()) as fired:
+            for phase in (warm_up, full_length, mixed_lengths):
+                if not phase(name, engine, ctx, r):
+                    break
+    except Exception as e:  # noqa: BLE001 -- a candidate failing is a result, reported in one line
+        msg = " ".join(str(e).split())
+        late = "stopped 60 s past --budget_s: " if fired else ""
+        r["error"] = f"{late}{getattr(phase, '__name__', phase)}: {type(e).__name__}: {msg[:300]}"
+    finally:
+        if hasattr(ctx.sampler, "_compiled_call"):
+            del ctx.sampler._compiled_call
+            torch._dynamo.reset()
+        import gc
+        gc.collect()
+        if ctx.device.type == "cuda":
+            torch.cuda.empty_cache()
+    return r
+
+
+def _fmt(r, key, spec, scale=1.0):
+    return "-" if r.get(key) is None or r[key] != r[key] else format(r[key] * scale, spec)
+
+
+def _vs_today(rows, key):
+    """Each row's `key` over today's, or None."""
+    base = next((r[key] for r in rows if r["engine"] == "today" and key in r), None)
+    return [r[key] / base if base and key in r else None for r in rows]
+
+
+def print_full_length(rows, run):
+    """Workload (a): '-' where an engine did not get that far (its line below says why)."""
+    est = {id(r): r["prefill_s"] + (3072 - 1) * r["ms_step"] / 1000 for r in rows if "ms_step" in r}
+    print(f"\n(a) {run.B * run.n} sequences x ({run.P} prompt + {run.Ta} new tokens), none stops early")
+    print(f"{'engine':<44} {'first s':>8} {'prefill s':>9} {'ms/step':>8} {'tok/s':>8} {'x today':>7} "
+          f"{'peak GiB':>8} {'trunc':>6} {'3072 tok s':>10}")
+    for r, x in zip(rows, _vs_today(rows, "a_tok_s")):
+        print(f"{r['label']:<44} {_fmt(r, 'first_s', '.1f'):>8} {_fmt(r, 'prefill_s', '.2f'):>9} "
+              f"{_fmt(r, 'ms_step', '.2f'):>8} {_fmt(r, 'a_tok_s', '.0f'):>8} {_fmt({'x': x}, 'x', '.2f'):>7} "
+              f"{_fmt(r, 'a_peak', '.1f'):>8} {_fmt(r, 'a_truncated', '.0%'):>6} "
+              f"{_fmt({'e': est.get(id(r))}, 'e', '.0f'):>10}")
+    print("    first s: the first call, compile included; prefill s: a call for 1 new token; 3072 tok s = prefill s "
+          f"+ 3,071 x ms/step / 1000, a lower bound: ms/step is measured at {run.P}-{run.P + run.Ta} tokens of "
+          "context and attention's share grows with it")
+
+
+def print_mixed_lengths(rows, run):
+    """Workload (b): tokens/s counts the tokens of the responses (up to and including EOS), not padding."""
+    print(f"\n(b) {run.B * run.n} sequences, at most {run.Tb} new tokens, lengths spread by the EOS bias")
+    print(f"{'engine':<44} {'s':>7} {'tok/s':>8} {'x today':>7} {'peak GiB':>8} {'len mean/p50/p90/max':>21} "
+          f"{'trunc':>6}")
+    for r, x in zip(rows, _vs_today(rows, "b_tok_s")):
+        dist = "/".join(_fmt(r, k, ".0f") for k in ("b_mean", "b_p50", "b_p90", "b_max"))
+        print(f"{r['label']:<44} {_fmt(r, 'b_s', '.1f'):>7} {_fmt(r, 'b_tok_s', '.0f'):>8} "
+              f"{_fmt({'x': x}, 'x', '.2f'):>7} {_fmt(r, 'b_peak', '.1f'):>8} {dist:>21} "
+              f"{_fmt(r, 'b_truncated', '.1%'):>6}")
+
+
+def print_gap_and_kv(rows, run):
+    """The sampler/learner gap, the KV cache per token and at a full-length step; then each engine's notes."""
+    seqs, tokens = run.full
+    print(f"\nsampler/learner gap (first {run.k} sequences, {run.Tw} tokens each) and KV cache "
+          f"({seqs} x {tokens} tokens = a full-length step)")
+    print("    gap: mean |log p| per token, the engine's sampling distribution against completion_logprobs of the "
+          "fp32 policy under bf16 autocast; compare to today's (a random model's flat distributions keep all small)")
+    print(f"{'engine':<44} {'gap mean':>9} {'gap max':>8} {'KV B/token':>10} {'KV GiB':>7}")
+    for r in rows:
+        gap = r.get("gap") or (None, None)
+        print(f"{r['label']:<44} {_fmt({'g': gap[0]}, 'g', '.3g'):>9} {_fmt({'g': gap[1]}, 'g', '.3g'):>8} "
+              f"{_fmt(r, 'kv_bytes', '.0f'):>10} {_fmt(r, 'kv_bytes', '.1f', seqs * tokens / 2 ** 30):>7}")
+    for r in rows:
+        if "compiled" in r:
+            print(f"  {r['label']}: generate compiled its decode forward: {r['compiled']}; its cache is "
+                  f"{run.P} + {max(run.Ta, run.Tb)} tokens long in every call, and every step attends over all of it")
+        for note in r.get("notes", []):
+            print(f"  {r['label']}: {note}")
+        for key in ("error", "skipped"):
+            if key in r:
+                print(f"  {r['label']}: {r[key]}")
+
+
+def gpu_context(args):
+    """Device, sizes, the policy and its bf16 copy, the prompts and the two EOS biases: what every engine runs in."""
+    from types import SimpleNamespace
+
+    device = torch.device("cpu") if args.smoke else torch.device("cuda")
+    run = SimpleNamespace(**(SMOKE_RUN if args.smoke else GPU_RUN))
+    run.Ta, run.Tb = args.full_tokens or run.Ta, args.mixed_tokens or run.Tb
+    run.budget = args.budget_s or run.budget
+    shape = SMOKE_SHAPE if args.smoke else GPU_SHAPE
+    vocab = shape["vocab_size"]
+    eos, pad = vocab - 1, vocab - 2                  # never in a prompt: prompts draw from [0, vocab - 2)
+    policy = gpu_policy(shape, device)
+    prompts = torch.randint(0, vocab - 2, (run.B, run.P), generator=torch.Generator().manual_seed(0)).tolist()
+    bias_b = calibrate_eos_bias(policy, prompts[:run.k], eos, run.Tb)
+    sampler = bf16_sampler(policy)
+    sync, reset, peak = device_tools(device)
+    return SimpleNamespace(device=device, run=run, shape=shape, policy=policy, sampler=sampler,
+                           models=(policy, sampler), prompts=prompts, eos=eos, pad=pad, bias_a=-32.0, bias_b=bias_b,
+                           sync=sync, reset=reset, peak=peak, deadline=None)
+
+
+def print_gpu_header(ctx):
+    run, dev = ctx.run, ctx.device
+    flash = getattr(transformers.utils, "is_flash_attn_2_available", lambda: None)()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (smoke: tiny model, sizes not meaningful)"
+    params = sum(p.numel() for p in ctx.policy.parameters())
+    print(f"rollout engines on {name}: random Qwen2 of {params / 1e9:.3f}B parameters "
+          f"({ctx.shape['num_hidden_layers']} layers, hidden {ctx.shape['hidden_size']}, "
+          f"vocab {ctx.shape['vocab_size']}), "
+          f"{run.B} prompts x {run.n} "
+          f"samples of {run.P} tokens, temperature 1, top_p 1; attention {ctx.policy.config._attn_implementation}, "
+          f"flash-attn 2 available: {flash}")
+    resident = f"{torch.cuda.memory_allocated(dev) / 2 ** 30:.1f} GiB" if dev.type == "cuda" else "-"
+    loop_ms, fused_ms = refresh_ms(ctx.sampler, ctx.policy, ctx.sync)
+    print(f"resident: fp32 policy + bf16 copy {resident}; refreshing the copy from the policy: {loop_ms:.1f} ms "
+          f"(copy_ per parameter), {fused_ms:.1f} ms (one _foreach_copy_)")
+    print(f"EOS bias: (a) {ctx.bias_a:g}; (b) {ctx.bias_b:g}, aimed at 3% of responses truncated at {run.Tb} tokens; "
+          f"engines stop at --budget_s {run.budget:g} s")
+
+
+def add_gpu_args(p):
+    g = p.add_argument_group("--gpu: rollout engines side by side on a random 1.5B Qwen2")
+    g.add_argument("--gpu", action="store_true", help="run only the rollout-engine benchmark (needs CUDA)")
+    g.add_argument("--smoke", action="store_true", help="with --gpu: a tiny model on the CPU, every engine path")
+    g.add_argument("--engines", default=",".join(ENGINES), type=lambda s: s.split(","),
+                   help=f"comma-separated subset of {','.join(ENGINES)}, run in this order")
+    g.add_argument("--full_tokens", type=int, default=0, help="new tokens in workload (a) (default 128; smoke 8)")
+    g.add_argument("--mixed_tokens", type=int, default=0,
+                   help="new tokens at most in workload (b) (default 512; smoke 16)")
+    g.add_argument("--budget_s", type=float, default=0,
+                   help="seconds for the engines; later phases are skipped (default 300; smoke 120)")
+
+
+def gpu_main(args):
+    """python bench.py --gpu [--smoke]: the rollout engines side by side (see the section's header)."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # as selftrain.main sets it
+    import platform
+    print(f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"CUDA {torch.version.cuda}")
+    if not args.smoke and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device; --gpu --smoke is the CPU dry run")
+    t_start = time.time()
+    ctx = gpu_context(args)
+    print_gpu_header(ctx)
+    ctx.deadline = time.time() + ctx.run.budget
+    rows = []
+    for name, engine in rollout_engines(ctx.policy, ctx.sampler, ctx.run, ctx.eos, ctx.pad, args.engines).items():
+        t = time.time()
+        r = bench_engine(name, engine, ctx)
+        r["label"] = ENGINES[name].format(chunk=ctx.run.chunk)
+        rows.append(r)
+        print(f"  {r['label']}: {time.time() - t:.0f} s: {engine_line(r)}"
+              + "".join(f"; {r[k]}" for k in ("error", "skipped") if k in r), flush=True)
+    for show in (print_full_length, print_mixed_lengths, print_gap_and_kv):
+        show(rows, ctx.run)
+    print(f"bench --gpu took {time.time() - t_start:.0f} s wall")
+
+
+# ------------------------------------------------------------------------------------------------------
 
 
 def row(name, value, goal, ok, detail):
@@ -438,7 +959,14 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is summed over them)")
     p.add_argument("--no_trl", action="store_true", help="skip the TRL comparison")
     p.add_argument("--_memory", default="", help=argparse.SUPPRESS)
+    add_gpu_args(p)
     args = p.parse_args()
+    if args.smoke and not args.gpu:
+        p.error("--smoke goes with --gpu")
+    if args.gpu:
+        if set(args.engines) - set(ENGINES):
+            p.error(f"--engines: choose from {','.join(ENGINES)}")
+        return gpu_main(args)
     torch.set_num_threads(args.threads)
     if args._memory:
         print(peak_memory_child(args._memory, args.mem_seqs, args.mem_len))

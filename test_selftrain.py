@@ -1535,6 +1535,19 @@ def test_bench_baselines_compute_the_same_thing_and_zero_signal_work_is_counted(
     assert selftrain.pack is pack  # the wrapper is removed afterwards
 
 
+def test_the_gpu_rollout_bench_dry_runs_on_the_cpu():
+    """bench.py --gpu is meant for one short, scarce GPU run: its --smoke size must run end to end here, every
+    engine path with it, so that the GPU session spends its minutes measuring, not debugging."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "bench.py", "--gpu", "--smoke"], cwd=HERE, capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    for engine in ("today: fp32 + autocast", "bf16 copy, all in one call", "continuous batching", "static cache"):
+        assert out.stdout.count(engine) >= 3, engine           # its line, and its rows in the (a)/(b)/gap tables
+    assert "bench --gpu took" in out.stdout
+
+
 def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     import miniature
     monkeypatch.setattr(miniature, "OUT", str(tmp_path))
