@@ -72,7 +72,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     types = {k: float if k == "temperature" else int for k in ALLOWED_HERE}
     check_values({k: getattr(a, k) for k in ALLOWED_HERE}, types, ALLOWED_HERE)
-    check_device(a.device), check_path("model", a.model), check_path("data_dir", a.data_dir, local=True)
+    check_device(a.device)
+    check_path("model", a.model)
+    check_path("data_dir", a.data_dir, local=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     torch.manual_seed(a.seed)
     sets = load_eval_sets(a.data, a.data_dir, a.limit)  # the data first: a bad row costs no model load

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 import tiny
 from data import load_eval_sets, load_train_rows
+from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
 from model import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
-from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
 from runtime import (ALLOWED, catch_stop_signals, check_device, check_path, check_values, checkpoint_to_resume,
                      field_docs, halt_reason, held_out_eval, load_checkpoint, log_row, no_update, one_line_error,
                      oom_hint, open_wandb, parse_bool, print_gains, progress, save_checkpoint, skip_reason,
@@ -135,7 +135,9 @@ def check_config(cfg):
                          f"= {cfg.prompts_per_step * cfg.samples_per_prompt} (one rollout per minibatch)")
     if cfg.early_stop and not cfg.val_data:
         raise SystemExit(f"--early_stop {cfg.early_stop} needs a labelled hold-out: --val_data")
-    check_path("model", cfg.model), check_path("train_data", cfg.train_data), check_path("data_dir", cfg.data_dir, True)
+    for flag in ("model", "train_data"):
+        check_path(flag, getattr(cfg, flag))
+    check_path("data_dir", cfg.data_dir, local=True)
     if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
         print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
               "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
