@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import copy
 import io
-import json
 import os
 import random
 import signal
