@@ -386,21 +386,13 @@ def bench_grader_hostile() -> dict:
 
 def sampler_learner_gap(model, tokenizer, problems, n=2, max_new_tokens=24):
     """Mean and max per-token |log p| gap between the distribution generate drew each token from (the
-    probabilities handed to torch.multinomial) and completion_logprobs, both under CPU bf16 autocast."""
-    drawn, real = [], torch.multinomial
-    torch.multinomial = lambda probs, *a, **k: drawn.append(probs.float().clone()) or real(probs, *a, **k)
-    try:
-        torch.manual_seed(0)
-        outs = rollout(model, tokenizer, encode_prompts(tokenizer, problems, 1024), n, max_new_tokens,
-                       stop_ids=stop_token_ids(model, tokenizer), amp=True)
-    finally:
-        torch.multinomial = real
-    ids, attn, comp, mask = pack(outs, tokenizer.pad_token_id, "cpu")
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        logp, _ = completion_logprobs(model, ids, attn, comp, mask)
-    gaps = [abs(torch.log(drawn[t][i, tok]).item() - logp[i, t].item())
-            for i, o in enumerate(outs) for t, tok in enumerate(o.completion_ids)]
-    return sum(gaps) / len(gaps), max(gaps)
+    probabilities handed to torch.multinomial) and completion_logprobs, both under CPU bf16 autocast: today's
+    rollout, through the --gpu section's generate_engine and learner_gap."""
+    prompts, stops = encode_prompts(tokenizer, problems, 1024), stop_token_ids(model, tokenizer)
+    engine = generate_engine(lambda p, new_tokens: rollout(model, tokenizer, p, n, new_tokens, stop_ids=stops,
+                                                           amp=True), k=len(problems) * n)
+    torch.manual_seed(0)
+    return learner_gap(model, engine(prompts, max_new_tokens, logprobs=True), tokenizer.pad_token_id)
 
 
 def head_precision_gaps():
