@@ -416,9 +416,10 @@ def head_precision_gaps():
 # ------------------------------------------------------------------------------------------------------
 # --gpu: rollout engines side by side (python bench.py --gpu; --smoke: the same code, tiny, on the CPU)
 #
-# Today's model.rollout (fp32 weights under bf16 autocast, gen_chunk sequences per generate call) against three
-# candidates, all run on a bf16 copy of the policy: plain generate with every sequence in one call, generate with a
-# static KV cache (which transformers compiles on CUDA), and transformers' continuous batching (generate_batch). Every
+# Today's model.rollout (fp32 weights under bf16 autocast, gen_chunk sequences per generate call) against four
+# candidates: today's with a static KV cache (which transformers compiles on CUDA), and three on a bf16 copy of the
+# policy: plain generate with every sequence in one call, the static cache, and transformers' continuous batching
+# (generate_batch). The first H100 runs are in docs/gpu.md; --profile shows where a decode step's time goes. Every
 # engine returns what model.rollout returns, so one set of helpers measures them all. The model is random with
 # Qwen2.5-Math-1.5B's shape (no download); its LM head gets a bias on the EOS row, which sets how often EOS comes:
 #   (a) pushed down, every sequence runs to the limit: ms per decode step, tokens/s, peak memory;
@@ -434,11 +435,13 @@ SMOKE_SHAPE = dict(GPU_SHAPE, vocab_size=512, hidden_size=64, intermediate_size=
 # B prompts x n samples of P random tokens; Ta / Tb new tokens in (a) / (b); Tw in the warm-up; today's gen_chunk;
 # k sequences for the gap; the full-length step of the KV estimate (sequences, tokens); seconds for the engines.
 GPU_RUN = dict(B=16, n=16, P=1024, Ta=128, Tb=512, Tw=16, chunk=selftrain.Config().gen_chunk, k=8,
-               full=(256, 4096), budget=300.0)
+               full=(256, 4096), budget=240.0)
 SMOKE_RUN = dict(B=4, n=2, P=16, Ta=8, Tb=16, Tw=4, chunk=4, k=4, full=(8, 64), budget=120.0)
 # in the order they run: the static cache compiles for a minute or more, so it goes last, where the deadline bites
-ENGINES = {"today": "today: fp32 + autocast, chunk {chunk}", "bf16": "bf16 copy, all in one call",
-           "cb": "bf16 copy, continuous batching", "static": "bf16 copy, static cache + compile"}
+ENGINES = {"today": "today: fp32 + autocast, chunk {chunk}",
+           "static32": "fp32 + autocast, static + compile, chunk {chunk}",
+           "bf16": "bf16 copy, all in one call", "static": "bf16 copy, static cache + compile",
+           "cb": "bf16 copy, continuous batching"}
 
 
 class _IdsOnly:
@@ -562,7 +565,7 @@ def generate_engine(call, k):
 
 
 @contextlib.contextmanager
-def static_cache(max_len):
+def static_cache(max_len, compile=True):
     """Candidate 2: model.rollout's generate calls with a static KV cache, sized for the longest workload so that
     every call has the same shapes and one compiled graph serves them all. transformers 5.24 compiles the decode
     forward itself when the cache is static and the device is CUDA (_valid_auto_compile_criteria; CompileConfig()
@@ -573,8 +576,10 @@ def static_cache(max_len):
     # an older transformers without max_cache_len sizes the cache per call (prompt + new tokens) and recompiles
     sized = {"max_cache_len": max_len} if hasattr(GenerationConfig(), "max_cache_len") else {}
 
+    off = {} if compile else {"disable_compile": True}
+
     def make(generate_raw):
-        return lambda m, **kw: generate_raw(m, cache_implementation="static", **sized, **kw)
+        return lambda m, **kw: generate_raw(m, cache_implementation="static", **sized, **off, **kw)
     with wrapped(model_module, "generate_raw", make):
         yield
 
@@ -624,10 +629,14 @@ def rollout_engines(policy, sampler, run, eos, pad, names):
         with static_cache(run.P + max(run.Ta, run.Tb)):
             return bf16(prompts, T)
 
+    def static32(prompts, T):
+        with static_cache(run.P + max(run.Ta, run.Tb)):
+            return today(prompts, T)
+
     def cb(prompts, T, logprobs=False):
         return cb_rollout(sampler, prompts, n, T, eos, pad, logprobs)
     made = {"today": generate_engine(today, run.k), "bf16": generate_engine(bf16, run.k),
-            "static": generate_engine(static, run.k), "cb": cb}
+            "static": generate_engine(static, run.k), "static32": generate_engine(static32, run.k), "cb": cb}
     return {name: made[name] for name in names}
 
 
@@ -666,6 +675,8 @@ def engine_kv_bytes(name, policy, sampler):
         return 2 * sampler.dtype.itemsize * c.num_hidden_layers * c.num_key_value_heads * head_dim
     if name == "static":
         return kv_bytes_per_token(sampler, False, cache_implementation="static")
+    if name == "static32":
+        return kv_bytes_per_token(policy, True, cache_implementation="static")
     return kv_bytes_per_token(policy if name == "today" else sampler, name == "today")
 
 
@@ -676,8 +687,9 @@ def warm_up(name, engine, ctx, r):
     torch.manual_seed(0)
     r["first_s"], outs = timed(lambda: engine(ctx.prompts, ctx.run.Tw, logprobs=True), ctx.sync)
     r["gap"] = side_measure(lambda: learner_gap(ctx.policy, outs[:ctx.run.k], ctx.pad), r, "gap")
-    if name == "static":
-        r["compiled"] = getattr(ctx.sampler, "_compiled_call", None) is not None
+    if name.startswith("static"):
+        m = ctx.policy if name == "static32" else ctx.sampler
+        r["compiled"] = getattr(m, "_compiled_call", None) is not None
     return True
 
 
@@ -769,7 +781,7 @@ def bench_engine(name, engine, ctx):
     try:
         r["kv_bytes"] = side_measure(lambda: engine_kv_bytes(name, ctx.policy, ctx.sampler), r, "KV bytes")
         # the static engine compiles in its first call (a minute or more on CUDA), which no projection bounds
-        if over_budget(ctx, r, (0.3 if name == "static" else 0.1) * ctx.run.budget, "engine"):
+        if over_budget(ctx, r, (0.3 if name.startswith("static") else 0.1) * ctx.run.budget, "engine"):
             return r
         with hard_deadline(ctx.deadline + 60 - time.time()) as fired:
             for phase in (warm_up, full_length, mixed_lengths):
@@ -780,9 +792,10 @@ def bench_engine(name, engine, ctx):
         late = "stopped 60 s past --budget_s: " if fired else ""
         r["error"] = f"{late}{getattr(phase, '__name__', phase)}: {type(e).__name__}: {msg[:300]}"
     finally:
-        if hasattr(ctx.sampler, "_compiled_call"):
-            del ctx.sampler._compiled_call
-            torch._dynamo.reset()
+        for m in ctx.models:
+            if hasattr(m, "_compiled_call"):
+                del m._compiled_call
+                torch._dynamo.reset()
         import gc
         gc.collect()
         if ctx.device.type == "cuda":
@@ -851,6 +864,93 @@ def print_gap_and_kv(rows, run):
                 print(f"  {r['label']}: {r[key]}")
 
 
+def full_step(ctx):
+    """A default step at full length, with the training state resident: the fp32 policy (gradient checkpointing
+    on, as load_model sets it on CUDA), its fp32 reference model, fused AdamW with its moments allocated, and the
+    bf16 copy. (1) Rollout memory: the bf16 copy generates Tw tokens for all B x n sequences in one call with a
+    static KV cache of P + 3,072 tokens, allocated in full before the first token (compile off), so the peak is a
+    full-length rollout's without decoding 3,072 steps. (2) The update: selftrain.update with the default Config
+    on B x n random responses of 3,072 tokens after their P-token prompts, none stopped early: seconds, peak."""
+    import model as model_module
+
+    run, cfg, r = ctx.run, selftrain.Config(), {}
+    seqs, tokens = run.full
+    new = tokens - run.P
+    policy, sampler = ctx.policy, ctx.sampler
+    ref = copy.deepcopy(policy).eval().requires_grad_(False)
+    model_module.set_gradient_checkpointing(policy)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=ctx.device.type == "cuda")
+    for p in policy.parameters():                 # one step on zero gradients allocates AdamW's moments
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    r["resident"] = torch.cuda.memory_allocated() / 2 ** 30 if ctx.device.type == "cuda" else float("nan")
+    set_eos_bias(ctx.models, ctx.eos, ctx.bias_a)
+    prompts = (ctx.prompts * -(-seqs // len(ctx.prompts)))[:seqs // run.n]
+    tok = _IdsOnly(ctx.pad)
+    ctx.reset()
+    with static_cache(tokens, compile=False):
+        r["roll_s"] = timed(lambda: rollout(sampler, tok, prompts, run.n, run.Tw, 1.0, 1.0, chunk=seqs,
+                                            stop_ids=[ctx.eos], amp=False), ctx.sync)[0]
+    r["roll_peak"] = ctx.peak()
+    g = torch.Generator().manual_seed(1)
+    outs = [Rollout(list(p), torch.randint(0, ctx.shape["vocab_size"] - 2, (new,), generator=g).tolist(), "", True)
+            for p in prompts for _ in range(run.n)]
+    adv = torch.randint(0, 2, (len(outs),), generator=g).float() * 2 - 1                  # [B*n], +-1
+    ctx.reset()
+    r["update_s"], stats = timed(lambda: selftrain.update(policy, ref, opt, outs, adv, cfg, ctx.device, True,
+                                                           ctx.pad), ctx.sync)
+    r["update_peak"], r["tokens"] = ctx.peak(), seqs * tokens
+    r["grad_norm"] = stats["grad_norm"]
+    opt.zero_grad(set_to_none=True)
+    return r
+
+
+def print_full_step(s, rows, run):
+    seqs, tokens = run.full
+    print(f"\nfull-length default step: {seqs} sequences x ({run.P} prompt + {tokens - run.P} new tokens), "
+          f"training state resident ({_fmt(s, 'resident', '.1f')} GiB: fp32 policy, fp32 reference, AdamW "
+          f"moments, bf16 copy)")
+    print(f"  rollout, static KV cache of {tokens} tokens for all {seqs} in one call: peak "
+          f"{_fmt(s, 'roll_peak', '.1f')} GiB allocated ({_fmt(s, 'roll_s', '.1f')} s for {run.Tw} tokens)")
+    print(f"  update (selftrain.update, default Config, micro_batch {selftrain.Config().micro_batch}, gradient "
+          f"checkpointing): {_fmt(s, 'update_s', '.1f')} s for {s.get('tokens', 0):,} tokens, peak "
+          f"{_fmt(s, 'update_peak', '.1f')} GiB allocated, grad norm {_fmt(s, 'grad_norm', '.3g')}")
+    upd = s.get("update_s")
+    for r in rows:
+        if "ms_step" in r and upd:
+            roll = r["prefill_s"] + 3071 * r["ms_step"] / 1000
+            print(f"  {r['label']}: full-length step >= {roll:.0f} s rollout + {upd:.0f} s update = "
+                  f"{roll + upd:.0f} s; 400 steps >= {400 * (roll + upd) / 3600:.1f} h")
+    for key in ("error",):
+        if key in s:
+            print(f"  full step: {s[key]}")
+
+
+
+def profile_decode(name, engine, ctx, tokens=24):
+    """Where a decode step's time goes: torch.profiler over one call of `tokens` new tokens (after a warm-up
+    call of the same size, so a compiled engine is compiled), the top ops by device time and by CPU self time.
+    The first GPU runs found ~36-50 ms per decode step of 128 sequences where reading the weights and the KV
+    cache once takes ~5 ms: this says whether the rest is kernels, launches or the sampling loop's host syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    set_eos_bias(ctx.models, ctx.eos, ctx.bias_a)
+    engine(ctx.prompts, tokens)
+    cuda = ctx.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        wall = timed(lambda: engine(ctx.prompts, tokens), ctx.sync)[0]
+    table = prof.key_averages()
+    print(f"\nprofile, {ENGINES[name].format(chunk=ctx.run.chunk)}: {len(ctx.prompts) * ctx.run.n} sequences, "
+          f"{tokens} new tokens, {wall:.2f} s wall")
+    print(table.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=18,
+                      max_name_column_width=60))
+    if cuda:
+        print(table.table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60))
+
+
 def gpu_context(args):
     """Device, sizes, the policy and its bf16 copy, the prompts and the two EOS biases: what every engine runs in."""
     from types import SimpleNamespace
@@ -900,6 +1000,10 @@ def add_gpu_args(p):
     g.add_argument("--full_tokens", type=int, default=0, help="new tokens in workload (a) (default 128; smoke 8)")
     g.add_argument("--mixed_tokens", type=int, default=0,
                    help="new tokens at most in workload (b) (default 512; smoke 16)")
+    g.add_argument("--profile", action="store_true",
+                   help="instead: profile one short call of each of --engines (torch.profiler; ~1 min each)")
+    g.add_argument("--step", type=int, default=1, choices=(0, 1),
+                   help="1: after the engines, a full-length default step's memory and update time")
     g.add_argument("--budget_s", type=float, default=0,
                    help="seconds for the engines; later phases are skipped (default 300; smoke 120)")
 
@@ -917,15 +1021,30 @@ def gpu_main(args):
     print_gpu_header(ctx)
     ctx.deadline = time.time() + ctx.run.budget
     rows = []
-    for name, engine in rollout_engines(ctx.policy, ctx.sampler, ctx.run, ctx.eos, ctx.pad, args.engines).items():
+    engines = rollout_engines(ctx.policy, ctx.sampler, ctx.run, ctx.eos, ctx.pad, args.engines)
+    if args.profile:
+        for name, engine in engines.items():
+            profile_decode(name, engine, ctx)
+        return
+    for name, engine in engines.items():
         t = time.time()
         r = bench_engine(name, engine, ctx)
         r["label"] = ENGINES[name].format(chunk=ctx.run.chunk)
         rows.append(r)
         print(f"  {r['label']}: {time.time() - t:.0f} s: {engine_line(r)}"
               + "".join(f"; {r[k]}" for k in ("error", "skipped") if k in r), flush=True)
+    step = {}
+    if args.step:
+        t = time.time()
+        try:
+            step = full_step(ctx)
+        except Exception as e:  # noqa: BLE001 -- reported in one line after the engines' tables
+            step = {"error": f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"}
+        print(f"  full-length step: {time.time() - t:.0f} s", flush=True)
     for show in (print_full_length, print_mixed_lengths, print_gap_and_kv):
         show(rows, ctx.run)
+    if args.step:
+        print_full_step(step, rows, ctx.run)
     print(f"bench --gpu took {time.time() - t_start:.0f} s wall")
 
 

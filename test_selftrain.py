@@ -1543,9 +1543,16 @@ def test_the_gpu_rollout_bench_dry_runs_on_the_cpu():
     out = subprocess.run([sys.executable, "bench.py", "--gpu", "--smoke"], cwd=HERE, capture_output=True, text=True,
                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert out.returncode == 0, out.stderr[-2000:]
-    for engine in ("today: fp32 + autocast", "bf16 copy, all in one call", "continuous batching", "static cache"):
+    for engine in ("today: fp32 + autocast", "bf16 copy, all in one call", "continuous batching", "static cache",
+                   "fp32 + autocast, static + compile"):
         assert out.stdout.count(engine) >= 3, engine           # its line, and its rows in the (a)/(b)/gap tables
     assert "bench --gpu took" in out.stdout
+    step = out.stdout.split("full-length default step:")[1]
+    assert "update (selftrain.update" in step and "400 steps >=" in step and "error" not in step
+    prof = subprocess.run([sys.executable, "bench.py", "--gpu", "--smoke", "--profile", "--engines", "today"], cwd=HERE,
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert prof.returncode == 0, prof.stderr[-2000:]
+    assert "profile, today" in prof.stdout and "aten::" in prof.stdout
 
 
 def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
