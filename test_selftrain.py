@@ -1276,8 +1276,11 @@ def test_degenerate_batches_take_no_update_and_wandb_logs_the_same_metrics(tmp_p
     import sys
     import types
     logged = []
-    fake = types.SimpleNamespace(init=lambda **kw: types.SimpleNamespace(
-        log=lambda row, step: logged.append((step, row)), finish=lambda: None))
+    import importlib.machinery
+    fake = types.ModuleType("wandb")  # with a __spec__: transformers' import checks read it when a model loads
+    fake.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
+    fake.init = lambda **kw: types.SimpleNamespace(log=lambda row, step: logged.append((step, row)),
+                                                   finish=lambda: None)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     # 4 new tokens: no sample reaches a \boxed{} answer, so no group has a label or any reward signal
     cfg = fast_run(tmp_path, monkeypatch, "degenerate", steps=2, max_new_tokens=4, wandb=True)
