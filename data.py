@@ -6,6 +6,7 @@ benchmarks the default evaluation needs ship in benchmarks/ (sources and licence
 """
 import json
 import os
+import re
 
 import tiny
 from rewards import extract_answer
@@ -81,6 +82,12 @@ def answer_text(value, field):
     return text
 
 
+def level_of(rec):
+    """{'level': int} where a record gives its difficulty (MATH: 'Level 3'), for label accuracy per level; else {}."""
+    digits = re.findall(r"\d+", str(rec.get("level", "")))
+    return {"level": int(digits[-1])} if digits else {}
+
+
 def load_rows(source, config=None, split="train", problem_field="", answer_field="", need_answer=True):
     """[{'id', 'problem', 'answer'}] from any source. The answer may be None when need_answer is False
     (SRT needs no labels; gold answers, when present, are only logged). Duplicate problems are dropped:
@@ -115,7 +122,8 @@ def load_rows(source, config=None, split="train", problem_field="", answer_field
         if problem in seen:
             continue
         seen.add(problem)
-        rows.append({"id": str(rec.get("id", rec.get("unique_id", n))), "problem": problem, "answer": answer})
+        rows.append({"id": str(rec.get("id", rec.get("unique_id", n))), "problem": problem, "answer": answer,
+                     **level_of(rec)})
     if len(rows) < len(records):
         print(f"{source}: dropped {len(records) - len(rows)} duplicate problems")
     return rows
@@ -133,13 +141,13 @@ def benchmark_path(name, data_dir=""):
 def load_eval_sets(spec, data_dir="", limit=0):
     """'math500,aime24' or file paths or 'tiny' -> {name: rows}. A benchmark name reads <data_dir>/<name>.jsonl,
     else benchmarks/<name>.jsonl, else the hub. 'tiny' and 'tiny-val' are the testbed's held-out and
-    validation problems."""
+    validation problems ('tiny-spread' and 'tiny-spread-val' for its task with easy and hard problems)."""
     sets = {}
     for name in [s.strip() for s in spec.split(",") if s.strip()]:
-        if name == "tiny":
-            rows = tiny.tiny_heldout()
-        elif name == "tiny-val":
-            rows = tiny.tiny_validation()
+        if name in tiny.TASKS:
+            rows = tiny.tiny_heldout(task=name)
+        elif name.endswith("-val") and name[:-4] in tiny.TASKS:
+            rows = tiny.tiny_validation(name[:-4])
         elif path := benchmark_path(name, data_dir):
             rows = load_rows(path)
         elif name in BENCHMARKS:
@@ -175,8 +183,8 @@ def load_train_rows(cfg):
     """The training problems of a run. SRT reads no answer; where the data has one, it is only logged."""
     if cfg.ttt:  # test-time training (TTRL): the held-out problems themselves, their answers only logged
         return [r for rows in load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit).values() for r in rows]
-    if cfg.train_data == "tiny":
-        return tiny.tiny_train(2000, seed=cfg.seed + 1)
+    if cfg.train_data in tiny.TASKS:
+        return tiny.tiny_train(2000, cfg.seed + 1, cfg.train_data)
     if cfg.train_data == "math12k":
         return math12k(need_answer=cfg.label == "gold")
     return load_rows(cfg.train_data, cfg.train_config, cfg.train_split, cfg.problem_field, cfg.answer_field,

@@ -26,8 +26,9 @@ ALLOWED_HERE = {"k": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "max_prompt_token
 
 def evaluate(model, tokenizer, rows, k=4, max_new_tokens=3072, temperature=1.0, chunk=64, amp=False,
              max_prompt_tokens=1024, top_p=1.0):
-    """avg@k, maj@k, pass@k, parse rate and mean response length (tokens) on rows with gold answers.
-    Prompts over max_prompt_tokens are skipped and counted, never silently scored."""
+    """avg@k, maj@k, pass@k, parse rate and mean response length (tokens) on rows with gold answers, and
+    avg@k per difficulty where rows give a 'level' (MATH's 1-5). Prompts over max_prompt_tokens are skipped
+    and counted, never silently scored."""
     prompt_ids = encode_prompts(tokenizer, [r["problem"] for r in rows], max_prompt_tokens)
     skipped = sum(p is None for p in prompt_ids)
     rows = [r for r, p in zip(rows, prompt_ids) if p is not None]
@@ -36,18 +37,22 @@ def evaluate(model, tokenizer, rows, k=4, max_new_tokens=3072, temperature=1.0, 
         outs = rollout(model, tokenizer, prompt_ids, k, max_new_tokens, temperature, top_p, chunk, amp=amp,
                        progress=bar)
     avg = maj = pas = parsed = length = 0.0
+    by_level = {}
     for i, row in enumerate(rows):
         group = outs[i * k:(i + 1) * k]
         answers = [extract_answer(o.text) for o in group]
         _, correct, voted, _ = label_and_reward(answers, row["answer"], "gold")  # the gold reward of training
         avg += sum(correct) / k
+        if "level" in row:
+            by_level.setdefault(str(row["level"]), []).append(sum(correct) / k)
         maj += voted is not None and is_equiv(voted, row["answer"])
         pas += any(correct)
         parsed += sum(a is not None for a in answers) / k
         length += sum(len(o.completion_ids) for o in group) / k
     n = max(len(rows), 1)
     return {"avg": avg / n, "maj": maj / n, "pass": pas / n, "parse_rate": parsed / n,
-            "mean_len": length / n, "n": len(rows), "skipped_long": skipped}
+            "mean_len": length / n, "n": len(rows), "skipped_long": skipped,
+            **({"avg_by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())}} if by_level else {})}
 
 
 def evaluate_sets(model, tokenizer, sets, **kw):

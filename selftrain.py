@@ -67,6 +67,7 @@ class Config:
     kl_coef: float = 0.001  # beta of the KL to the frozen start model; 0 skips the reference model (paper: 1e-3)
     kl_in: str = "loss"  # where the KL goes: 'loss' (TTRL, GRPO) or 'reward' (the paper's RLOO runs)
     kl_estimator: str = "k3"  # 'k3' (verl's low_var_kl, the paper's) or 'k1' = logp - ref
+    watch_kl: bool = False  # load the start model and log the KL to it even at kl_coef 0 (a label-free alarm)
     entropy_coef: float = 0.001  # entropy bonus alpha (the paper's released script: verl's default 0.001)
     loss_agg: str = "token-mean"  # 'token-mean' over the whole step, 'seq-mean' (GRPO), 'constant' (Dr. GRPO)
     lr: float = 1e-6  # AdamW learning rate, constant (paper: 1e-6)
@@ -190,9 +191,10 @@ def train_subset(step, n_groups, votes, n, seed):
 def label_batch(groups, batch_rows, picks, cfg):
     """Step 4 for every prompt of the step (rewards.label_and_reward) -> rewards [B, n] of the responses that
     train, labelled [B] (False: no label, so no gradient), and the label diagnostics. Where the data has gold
-    answers they are only logged in SRT mode: label_acc (is the majority right?) and reward_acc (does the
-    pseudo-reward equal the true reward?)."""
-    rewards, labelled, majorities, shares, label_acc, reward_acc = [], [], [], [], [], []
+    answers they are only logged in SRT mode: label_acc (is the majority right?), per difficulty where rows
+    have a 'level' (the paper's collapse starts on hard prompts), and reward_acc (does the pseudo-reward equal
+    the true reward?)."""
+    rewards, labelled, majorities, shares, label_acc, reward_acc, by_level = [], [], [], [], [], [], {}
     for (answers, classes), row, pick in zip(groups, batch_rows, picks):
         fixed = row.get("teacher" if cfg.label == "offline" else "answer")  # a label from outside the policy
         label, r, majority, count = label_and_reward(answers, fixed, cfg.label, cfg.reward_shape,
@@ -203,6 +205,7 @@ def label_batch(groups, batch_rows, picks, cfg):
         shares.append(count / len(answers))
         if row.get("answer") is not None:
             label_acc.append(float(label is not None and is_equiv(label, row["answer"])))
+            by_level.setdefault(str(row.get("level")), []).append(label_acc[-1])
             true_r = agreement(answers, classes, row["answer"])
             reward_acc.append(sum(x == y for x, y in zip(r, true_r)) / len(answers))
     B = len(groups)
@@ -211,6 +214,7 @@ def label_batch(groups, batch_rows, picks, cfg):
              # is the step's most common one (label-free; 1/B when every prompt has its own answer)
              "same_answer": majority_vote(majorities)[1] / B, "unlabelled": 1 - sum(labelled) / B,
              "label_acc": sum(label_acc) / len(label_acc) if label_acc else None,
+             "label_acc_by_level": {k: sum(v) / len(v) for k, v in sorted(by_level.items()) if k != "None"} or None,
              "reward_acc": sum(reward_acc) / len(reward_acc) if reward_acc else None}
     return torch.tensor(rewards), labelled, stats
 
@@ -382,7 +386,7 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             part = range(k * N // cfg.minibatches, (k + 1) * N // cfg.minibatches)  # prompt-major slice
             n_tokens = sum(len(rollouts[i].completion_ids) for i in part)          # the one normaliser
             # A sequence with A = 0, no KL and no entropy term contributes no gradient: skip it.
-            idx = [i for i in part if adv[i] != 0 or ref_model is not None or cfg.entropy_coef]
+            idx = [i for i in part if adv[i] != 0 or (ref_model is not None and cfg.kl_coef) or cfg.entropy_coef]
             idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
             opt.zero_grad(set_to_none=True)
             tokens, bad = backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps,
@@ -450,8 +454,8 @@ def load_data(cfg, ckpt):
     validation sets -> (tokenizer, rows, prompt_ids, eval sets, names of the validation sets). For the
     testbed, the start model is first warmed up (supervised, with labels, as the paper's Reasoning Gym runs
     start from a model that can do the task) and cached; after this, SRT uses no label."""
-    if cfg.model == "tiny":
-        cfg.model = tiny.tiny_warmup(seed=cfg.seed, target=cfg.warmup_target)
+    if cfg.model in tiny.TASKS:
+        cfg.model = tiny.tiny_warmup(seed=cfg.seed, task=cfg.model, target=cfg.warmup_target)
     random.seed(cfg.seed)  # after the warm-up, so a run that had to build it equals one that found it cached
     torch.manual_seed(cfg.seed)
     tokenizer, rows = load_tokenizer(ckpt or cfg.model), load_train_rows(cfg)
@@ -471,7 +475,7 @@ def load_policy(cfg, ckpt, device):
     """The policy (from the checkpoint when resuming) and the frozen start model for the KL."""
     model = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing and device.type == "cuda")[0]
     ref_model = None
-    if cfg.kl_coef > 0:  # a frozen copy of the *start* model for the KL term. Kept fp32 under the same
+    if cfg.kl_coef > 0 or cfg.watch_kl:  # a frozen copy of the *start* model for the KL. Kept fp32 under the same
         # autocast as the policy: a bf16 copy computes differently, and the KL would start above 0.
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
     return model, ref_model

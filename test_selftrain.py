@@ -356,6 +356,53 @@ def test_tiny_task_answers_are_right_and_heldout_is_disjoint():
     assert not held & {r["problem"] for r in train}
 
 
+def test_the_spread_testbed_has_easy_and_hard_problems_that_fit_their_room():
+    """'tiny-spread': operands of 2 to 7 digits, every row with its level; the 4-digit 'tiny' task is unchanged
+    (its held-out problems are those of docs/miniature.md); the longest solution fits answer_room."""
+    mix = testbed.TASKS["tiny-spread"]["problems"]
+    rows = tiny_task(300, seed=0, digits=mix)
+    assert {r["level"] for r in rows} == set(range(2, 8))
+    for r in rows:
+        a, b = r["problem"].split("+")
+        assert len(a) == len(b) == r["level"] and int(r["answer"]) == int(a) + int(b)
+    assert [r["problem"] for r in testbed.tiny_heldout()[:2]] == ["3003+5655", "9538+0297"]
+    assert {r["level"] for r in testbed.tiny_heldout()} == {4}
+    tok = tiny_tokenizer()
+    longest = max(len(tok(r["solution"], add_special_tokens=False).input_ids) + 1 for r in rows)  # + EOS
+    assert testbed.answer_room({4: 1}) == 64 and longest <= testbed.answer_room(mix) < longest + 24
+    sets = data.load_eval_sets("tiny-spread,tiny-spread-val")
+    train = data.load_train_rows(Config(train_data="tiny-spread", label="majority"))
+    held, val = ({r["problem"] for r in sets[k]} for k in ("tiny-spread", "tiny-spread-val"))
+    assert len(held) == 200 and len(val) == 100 and len(train) == 2000
+    assert not (held | val) & {r["problem"] for r in train} and not held & val
+    assert {r["level"] for r in train} == set(range(2, 8))
+
+
+def test_label_accuracy_is_logged_per_level_and_math_levels_are_read():
+    groups = [(a, selftrain.vote_classes(a)) for a in (["5", "5", "6"], ["7", "8", "8"], ["1", "1", "1"])]
+    rows = [{"answer": "5", "level": 2}, {"answer": "7", "level": 7}, {"answer": "1", "level": 7}]
+    _, _, stats = selftrain.label_batch(groups, rows, [[0, 1, 2]] * 3, Config())
+    assert stats["label_acc"] == pytest.approx(2 / 3)
+    assert stats["label_acc_by_level"] == {"2": 1.0, "7": 0.5}   # the majority 8 is wrong on the first level-7
+    _, _, stats = selftrain.label_batch(groups, [{"answer": "5"}] * 3, [[0, 1, 2]] * 3, Config())
+    assert stats["label_acc_by_level"] is None
+    assert data.level_of({"level": "Level 3"}) == {"level": 3} and data.level_of({"problem": "x"}) == {}
+
+
+def test_watch_kl_logs_the_kl_at_kl_coef_0_and_changes_no_weight(tmp_path, monkeypatch):
+    """--watch_kl loads the start model only to measure the KL (a label-free alarm can read it): at kl_coef 0 the
+    update, and so the weights, must equal a run without it, while kl is logged instead of null."""
+    plain = fast_run(tmp_path, monkeypatch, "plain", kl_coef=0.0, steps=2)
+    selftrain.main(plain)
+    watched = fast_run(tmp_path, monkeypatch, "watched", kl_coef=0.0, steps=2, watch_kl=True)
+    selftrain.main(watched)
+    assert all(r["kl"] is None for r in metrics(plain))
+    kls = [r["kl"] for r in metrics(watched)]
+    assert all(k is not None for k in kls) and kls[0] < 1e-6 < kls[1]   # 0 at the start model, then it moves
+    a, b = tensors(os.path.join(plain.out_dir, "ckpt")), tensors(os.path.join(watched.out_dir, "ckpt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_config_flags_and_tiny_defaults():
     cfg = parse_config(["--tiny", "--lr", "1e-4", "--amp", "false"])
     assert cfg.tiny and cfg.model == "tiny" and cfg.lr == 1e-4 and cfg.amp is False and cfg.samples_per_prompt == 16
@@ -496,7 +543,7 @@ def metrics(cfg):
 
 
 def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
-    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(8, seed=testbed.EVAL_SEED))
     full = run(tmp_path, "full")
     selftrain.main(full)
     part = run(tmp_path, "part", steps=2)
@@ -527,7 +574,7 @@ def test_resume_after_a_kill_continues_exactly(tmp_path, monkeypatch):
 def test_evals_neither_shift_training_nor_differ_between_runs_of_a_seed(tmp_path, monkeypatch):
     # Evals sample from their own stream: more evals must not change what training draws, and SRT and
     # gold runs of one seed must score the same start model identically (else the start rows differ).
-    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(8, seed=testbed.EVAL_SEED))
     few, many = run(tmp_path, "few", steps=2, eval_every=0), run(tmp_path, "many", steps=2, eval_every=1)
     gold = run(tmp_path, "gold", steps=1, label="gold")
     for cfg in (few, many, gold):
@@ -568,7 +615,7 @@ def test_math12k_is_math_train_and_test_minus_math500(monkeypatch, capsys):
 
 
 def test_gold_label_run_logs_true_rewards(tmp_path, monkeypatch):
-    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(8, seed=testbed.EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(8, seed=testbed.EVAL_SEED))
     cfg = run(tmp_path, "gold", label="gold", steps=2)
     selftrain.main(cfg)
     m = metrics(cfg)
@@ -917,7 +964,7 @@ def test_offline_labels_replace_the_majority_and_curriculum_keeps_the_easiest():
 
 
 def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(4, seed=testbed.EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(4, seed=testbed.EVAL_SEED))
     monkeypatch.setattr(selftrain, "load_train_rows", lambda cfg: tiny_task(8, seed=5))
     cfg = run(tmp_path, "offline", label="offline", curriculum=0.5, teacher_samples=4, steps=1, kl_coef=0.0)
     selftrain.main(cfg)
@@ -931,7 +978,7 @@ def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkey
 
 
 def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200: tiny_task(4, seed=testbed.EVAL_SEED))
+    monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(4, seed=testbed.EVAL_SEED))
     # 1/B of the prompts always "share" an answer, so an alarm at 0.01 fires on the first step
     cfg = run(tmp_path, "alarm", collapse_alarm=0.01)
     selftrain.main(cfg)
@@ -1290,8 +1337,11 @@ def test_degenerate_batches_take_no_update_and_wandb_logs_the_same_metrics(tmp_p
     assert all(r["unlabelled"] == 1.0 and r["trained_seqs"] == 0 for r in m)  # and the run went on
     start, saved = tensors(WARM), tensors(os.path.join(cfg.out_dir, "ckpt"))
     assert all(torch.equal(start[k], saved[k]) for k in start)  # not even KL or weight decay moved them
+    flat = [{**{k: v for k, v in r.items() if not isinstance(v, dict)},
+             **{f"{k}/{kk}": vv for k, v in r.items() if isinstance(v, dict) for kk, vv in v.items()}} for r in m]
+    assert "label_acc_by_level/4" in flat[0]  # a nested dict goes to wandb as key/subkey
     assert [(s, r) for s, r in logged if r] == \
-           [(r["step"], {k: v for k, v in r.items() if v is not None and k != "step"}) for r in m]
+           [(r["step"], {k: v for k, v in r.items() if v is not None and k != "step"}) for r in flat]
     # a real SRT batch has signal
     assert runtime.skip_reason(torch.tensor([[1.0, 0.0], [1.0, 1.0]]), [True, True]) is None
 

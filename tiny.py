@@ -18,6 +18,13 @@ from rewards import extract_answer
 EVAL_SEED = 1_000_001   # the held-out problems ('tiny'); warm-up and SRT training never see them
 VALID_SEED = 1_000_002  # the warm-up's validation problems, also the labelled hold-out 'tiny-val' for early stopping
 
+# The testbed's tasks, by name (--model, --train_data and --eval_data take it): operand lengths -> weights, for the
+# problems and for the start model's warm-up. 'tiny': every problem has 4-digit operands (docs/miniature.md).
+# 'tiny-spread': 2 to 7 digits, easy and hard problems, as the paper's data has; the warm-up sees 2 to 6, so the
+# start model is right on most short problems and wrong on long ones. It needs --max_new_tokens 96 (7 digits: ~80).
+TASKS = {"tiny": {"problems": {4: 1}, "warmup": {4: 1}},
+         "tiny-spread": {"problems": dict.fromkeys(range(2, 8), 1), "warmup": dict.fromkeys(range(2, 7), 1)}}
+
 # What --tiny sets unless a flag overrides it: 16 prompts x 16 samples, GRPO, lr 2e-5, no KL, no entropy
 # bonus (the runs in docs/miniature.md were made with these), fp32 on the CPU.
 DEFAULTS = dict(model="tiny", train_data="tiny", eval_data="tiny", prompts_per_step=16, samples_per_prompt=16,
@@ -85,33 +92,44 @@ def tiny_problem(rng, digits):
 
 
 def tiny_task(n, seed, digits=4, exclude=()):
-    """n distinct problems from a seeded RNG, none of whose texts are in `exclude` (held-out split)."""
+    """n distinct problems from a seeded RNG, none of whose texts are in `exclude` (held-out split). digits: the
+    operands' length, or {length: weight} for a mix of lengths, i.e. of difficulties (each row's 'level')."""
+    mix = digits if isinstance(digits, dict) else {digits: 1}
+    lengths, weights = list(mix), list(mix.values())
     rng, rows, seen = random.Random(seed), [], set(exclude)
     while len(rows) < n:
-        row = tiny_problem(rng, digits)
+        d = rng.choices(lengths, weights)[0] if len(mix) > 1 else lengths[0]
+        row = tiny_problem(rng, d)
         if row["problem"] not in seen:
             seen.add(row["problem"])
-            rows.append({"id": f"add{digits}-{seed}-{len(rows)}", **row})
+            rows.append({"id": f"add{d}-{seed}-{len(rows)}", "level": d, **row})
     return rows
 
 
 
 
-def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3, cache_dir=None, log=print):
+def answer_room(mix):
+    """New tokens a solution needs: ~9 per column line, the boxed sum and EOS (4 digits: 64)."""
+    return 10 * max(mix) + 24
+
+
+def tiny_warmup(seed=0, task="tiny", target=0.8, max_steps=2000, batch=64, lr=1e-3, cache_dir=None, log=print):
     """Build the testbed's start policy: supervised warm-up of a tiny model on the addition task (labels
     are allowed here, as in the paper's Reasoning Gym runs), until greedy accuracy on a validation split
     reaches `target`. Cached as a save_pretrained folder; returns its path.
 
     Why it is robust: the step-by-step, fixed-width solution format makes every output token a local
     computation, so each seed learns in a few hundred steps instead of waiting on a lucky plateau escape."""
-    name = f"warmup-seed{seed}" + ("" if target == 0.8 else f"-target{target:g}")
+    name = (f"warmup-seed{seed}" + ("" if task == "tiny" else f"-{task}")
+            + ("" if target == 0.8 else f"-target{target:g}"))
     path = os.path.join(cache_dir or os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed"), name)
     if os.path.exists(os.path.join(path, "warmup.json")):
         return path
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed)
+    digits = TASKS[task]["warmup"]
     valid = tiny_task(100, VALID_SEED, digits)
-    exclude = {r["problem"] for r in valid + tiny_task(200, EVAL_SEED, digits)}
+    exclude = {r["problem"] for r in valid + tiny_heldout(task=task) + tiny_validation(task)}
     train = tiny_task(50_000, seed + 2_000_000, digits, exclude)
     valid_ids = encode_prompts(tok, [r["problem"] for r in valid], 64)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -131,7 +149,7 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 10 == 0 and step >= 200:  # accuracy jumps within ~50 steps: check often to stop near target
-            outs = rollout(model, tok, valid_ids, 1, 64, temperature=0)
+            outs = rollout(model, tok, valid_ids, 1, answer_room(digits), temperature=0)
             acc = sum(extract_answer(o.text) == r["answer"] for o, r in zip(outs, valid)) / len(valid)
             log(f"warm-up step {step}: loss {loss.item():.3f} greedy valid acc {acc:.2f} ({time.time() - t0:.0f}s)")
     if acc < target:
@@ -143,17 +161,18 @@ def tiny_warmup(seed=0, digits=4, target=0.8, max_steps=2000, batch=64, lr=1e-3,
     return path
 
 
-def tiny_heldout(n=200):
-    """The testbed's held-out problems (eval set 'tiny')."""
-    return tiny_task(n, seed=EVAL_SEED)
+def tiny_heldout(n=200, task="tiny"):
+    """The testbed's held-out problems (eval set 'tiny', 'tiny-spread')."""
+    return tiny_task(n, EVAL_SEED, TASKS[task]["problems"])
 
 
-def tiny_validation():
-    """The warm-up's 100 validation problems (eval set 'tiny-val'): the small labelled set for early stopping."""
-    return tiny_task(100, seed=VALID_SEED)
+def tiny_validation(task="tiny"):
+    """100 labelled problems (eval set 'tiny-val', 'tiny-spread-val'), the small labelled set for early stopping;
+    for 'tiny' they are also the warm-up's validation problems."""
+    return tiny_task(100, VALID_SEED, TASKS[task]["problems"])
 
 
-def tiny_train(n, seed):
+def tiny_train(n, seed, task="tiny"):
     """SRT's training problems: fresh ones, none of them held out or in the validation set."""
-    exclude = {r["problem"] for r in tiny_heldout() + tiny_validation()}
-    return tiny_task(n, seed=seed, exclude=exclude)
+    exclude = {r["problem"] for r in tiny_heldout(task=task) + tiny_validation(task)}
+    return tiny_task(n, seed, TASKS[task]["problems"], exclude)
