@@ -4,9 +4,9 @@ instead of being right, since one answer for every prompt maximises the self-con
 Before training, the fixed start model votes once on every prompt (`teacher_votes`): its majority answers
 are the offline labels (--label offline), and its majority shares rank the prompts for the label-free
 curriculum (--curriculum, `easiest`). During training, early stopping keeps the model that scores best on a
-small labelled hold-out (--early_stop, `keep_best`), and a label-free alarm stops a run whose prompts all
-get one answer (--collapse_alarm). The online filter (--filter_share) changes each step's batch, so it sits
-beside the loop in selftrain.py.
+small labelled hold-out (--early_stop, `keep_best`), and label-free alarms stop a run whose prompts all
+get one answer (--collapse_alarm) or whose policy drifts from the start model (--kl_alarm). The online
+filter (--filter_share) changes each step's batch, so it sits beside the loop in selftrain.py.
 """
 import json
 import os
@@ -89,10 +89,22 @@ def best_so_far(val_names, start, cfg):
     return best
 
 
+KL_WINDOW = 10  # steps in the KL alarm's mean: one step's KL, over 16 prompts, is noisy
+
+
 def collapse_alarm(metrics, cfg):
-    """The label-free alarm: a reason to stop when a share of at least --collapse_alarm of the step's prompts
-    get one same majority answer (the paper's collapse signature), else None."""
+    """The label-free alarms: a reason to stop, else None. --collapse_alarm: a share of at least this of the
+    step's prompts get one same majority answer (the paper's collapse signature, which comes late). --kl_alarm:
+    the KL to the start model, averaged over the last KL_WINDOW steps, exceeds this. On the spread testbed the
+    KL of SRT climbs past the gold run's as its held-out accuracy peaks (docs/testbed.md). The mean is read
+    from out_dir/metrics.jsonl, where this step is already logged, so a resumed run decides as an unbroken one."""
     if cfg.collapse_alarm and metrics["same_answer"] >= cfg.collapse_alarm:
         return (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
                 f"(reward {metrics['reward']:.2f})")
+    if cfg.kl_alarm:
+        with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
+            kls = [r["kl"] for r in map(json.loads, f.readlines()[-KL_WINDOW:]) if r.get("kl") is not None]
+        if len(kls) == KL_WINDOW and sum(kls) / KL_WINDOW > cfg.kl_alarm:
+            return (f"KL alarm: KL to the start model {sum(kls) / KL_WINDOW:.3f} over the last {KL_WINDOW} steps "
+                    f"> {cfg.kl_alarm:g} (reward {metrics['reward']:.2f})")
     return None

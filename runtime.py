@@ -58,7 +58,7 @@ ALLOWED = {
     **dict.fromkeys(("votes_per_prompt", "early_stop", "eval_every", "eval_limit", "keep_ckpts", "max_nonfinite",
                      "seed"), AT_LEAST_0),
     **dict.fromkeys(("temperature", "lr", "grad_clip", "peak_flops"), POSITIVE),
-    **dict.fromkeys(("kl_coef", "entropy_coef", "weight_decay", "clip_eps_high"), NON_NEGATIVE),
+    **dict.fromkeys(("kl_coef", "entropy_coef", "weight_decay", "clip_eps_high", "kl_alarm"), NON_NEGATIVE),
     "clip_eps_low": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     **dict.fromkeys(("min_majority_share", "filter_share", "collapse_alarm"), SHARE),
     **dict.fromkeys(("top_p", "curriculum", "warmup_target"), FRACTION),

@@ -81,6 +81,7 @@ class Config:
     val_data: str = ""  # small labelled hold-out for early stopping, named like eval_data (testbed: 'tiny-val')
     early_stop: int = 0  # stop after this many evals with no gain on val_data; best model in out_dir/best (0 = off)
     collapse_alarm: float = 0.0  # label-free: stop when this share of a step's prompts share one answer (0 = off)
+    kl_alarm: float = 0.0  # label-free: stop when the KL to the start model, mean of 10 steps, exceeds this (0 = off)
     ttt: bool = False  # test-time training (TTRL): train on the eval sets' own problems, their answers hidden
     # --- evaluation and checkpoints
     eval_every: int = 100  # evaluate the held-out sets every this many steps, as the paper (0: start and end)
@@ -134,6 +135,8 @@ def check_config(cfg):
     if cfg.minibatches > cfg.prompts_per_step * cfg.samples_per_prompt:
         raise SystemExit(f"--minibatches {cfg.minibatches}: expected at most --prompts_per_step x --samples_per_prompt "
                          f"= {cfg.prompts_per_step * cfg.samples_per_prompt} (one rollout per minibatch)")
+    if cfg.kl_alarm and not (cfg.kl_coef > 0 or cfg.watch_kl):
+        raise SystemExit("--kl_alarm needs the KL to the start model: --kl_coef > 0 or --watch_kl true")
     if cfg.early_stop and not cfg.val_data:
         raise SystemExit(f"--early_stop {cfg.early_stop} needs a labelled hold-out: --val_data")
     for flag in ("model", "train_data"):

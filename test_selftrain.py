@@ -996,6 +996,28 @@ def test_collapse_alarm_and_early_stopping_end_the_run_with_a_checkpoint(tmp_pat
     assert [e["step"] for e in evals] == [0, 1, 2] and "tiny-val" in evals[0]
 
 
+def test_kl_alarm_fires_on_the_mean_of_the_last_10_steps_and_needs_the_kl(tmp_path):
+    cfg = Config(out_dir=str(tmp_path), kl_alarm=0.04, watch_kl=True)
+    step = {"same_answer": 1 / 16, "reward": 0.5}
+
+    def logged(kls):
+        with open(tmp_path / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps({"step": i + 1, "kl": k}) + "\n" for i, k in enumerate(kls))
+    logged([0.2] * 9)                         # fewer than 10 steps logged: no mean yet
+    assert mitigations.collapse_alarm(step, cfg) is None
+    logged([0.2] * 5 + [0.03] * 10)           # an early spike, then 10 steps below the threshold
+    assert mitigations.collapse_alarm(step, cfg) is None
+    logged([0.03] * 9 + [0.13])               # mean 0.04: not above
+    assert mitigations.collapse_alarm(step, cfg) is None
+    logged([0.03] * 9 + [0.14])               # mean 0.041
+    assert mitigations.collapse_alarm(step, cfg).startswith("KL alarm: KL to the start model 0.041")
+    logged([None] * 10)                       # no KL logged: never fires
+    assert mitigations.collapse_alarm(step, cfg) is None
+    with pytest.raises(SystemExit, match="--kl_alarm needs the KL to the start model"):
+        selftrain.check_config(Config(kl_alarm=0.04, kl_coef=0.0))
+    selftrain.check_config(Config(kl_alarm=0.04, kl_coef=0.0, watch_kl=True))
+
+
 def test_test_time_training_trains_on_the_eval_problems():
     cfg = parse_config(["--tiny", "--ttt"])
     assert [r["problem"] for r in data.load_train_rows(cfg)] == [r["problem"] for r in testbed.tiny_heldout()]
