@@ -96,8 +96,7 @@ def our_steps(args, out_dir):
         "--tiny", "--steps", str(args.warmup + args.steps), "--prompts_per_step", str(B),
         "--samples_per_prompt", str(n), "--max_new_tokens", str(args.max_new_tokens), "--gen_chunk", str(B * n),
         "--micro_batch", str(args.micro_batch), "--eval_limit", "1", "--eval_samples", "1", "--eval_every", "0",
-        "--save_every", str(10 ** 9), "--out_dir", out_dir,
-        "--watch_kl", "false"])  # like TRL at beta 0: no reference model (--tiny measures the KL by default)
+        "--save_every", str(10 ** 9), "--out_dir", out_dir])
     log = {"rollout": [], "update": [], "grads_at_rollout": []}
 
     def timed_rollout(fn):
