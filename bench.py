@@ -923,10 +923,8 @@ def print_full_step(s, rows, run):
             roll = r["prefill_s"] + 3071 * r["ms_step"] / 1000
             print(f"  {r['label']}: full-length step >= {roll:.0f} s rollout + {upd:.0f} s update = "
                   f"{roll + upd:.0f} s; 400 steps >= {400 * (roll + upd) / 3600:.1f} h")
-    for key in ("error",):
-        if key in s:
-            print(f"  full step: {s[key]}")
-
+    if "error" in s:
+        print(f"  full step: {s['error']}")
 
 
 def profile_decode(name, engine, ctx, tokens=24):

@@ -208,7 +208,8 @@ def label_batch(groups, batch_rows, picks, cfg):
         shares.append(count / len(answers))
         if row.get("answer") is not None:
             label_acc.append(float(label is not None and is_equiv(label, row["answer"])))
-            by_level.setdefault(str(row.get("level")), []).append(label_acc[-1])
+            if "level" in row:
+                by_level.setdefault(str(row["level"]), []).append(label_acc[-1])
             true_r = agreement(answers, classes, row["answer"])
             reward_acc.append(sum(x == y for x, y in zip(r, true_r)) / len(answers))
     B = len(groups)
@@ -217,7 +218,7 @@ def label_batch(groups, batch_rows, picks, cfg):
              # is the step's most common one (label-free; 1/B when every prompt has its own answer)
              "same_answer": majority_vote(majorities)[1] / B, "unlabelled": 1 - sum(labelled) / B,
              "label_acc": sum(label_acc) / len(label_acc) if label_acc else None,
-             "label_acc_by_level": {k: sum(v) / len(v) for k, v in sorted(by_level.items()) if k != "None"} or None,
+             "label_acc_by_level": {k: sum(v) / len(v) for k, v in sorted(by_level.items())} or None,
              "reward_acc": sum(reward_acc) / len(reward_acc) if reward_acc else None}
     return torch.tensor(rewards), labelled, stats
 
