@@ -95,8 +95,8 @@ KL_WINDOW = 10  # steps in the KL alarm's mean: one step's KL, over 16 prompts, 
 def collapse_alarm(metrics, cfg):
     """The label-free alarms: a reason to stop, else None. --collapse_alarm: a share of at least this of the
     step's prompts get one same majority answer (the paper's collapse signature, which comes late). --kl_alarm:
-    the KL to the start model, averaged over the last KL_WINDOW steps, exceeds this. On the spread testbed the
-    KL of SRT climbs past the gold run's as its held-out accuracy peaks (docs/testbed.md). The mean is read
+    the KL to the start model, averaged over the last KL_WINDOW steps, exceeds this. On the spread testbed a
+    threshold chosen on one seed stops other seeds' healthy gold runs too (docs/testbed.md). The mean is read
     from out_dir/metrics.jsonl, where this step is already logged, so a resumed run decides as an unbroken one."""
     if cfg.collapse_alarm and metrics["same_answer"] >= cfg.collapse_alarm:
         return (f"collapse alarm: {metrics['same_answer']:.0%} of prompts share one majority answer "
