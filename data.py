@@ -88,6 +88,15 @@ def level_of(rec):
     return {"level": int(digits[-1])} if digits else {}
 
 
+def mean_by_level(rows, values):
+    """{level: mean of values[i]} over the rows that give a 'level' (keys as strings, sorted); {} if none does."""
+    groups = {}
+    for row, v in zip(rows, values):
+        if "level" in row:
+            groups.setdefault(str(row["level"]), []).append(v)
+    return {k: sum(v) / len(v) for k, v in sorted(groups.items())}
+
+
 def load_rows(source, config=None, split="train", problem_field="", answer_field="", need_answer=True):
     """[{'id', 'problem', 'answer'}] from any source. The answer may be None when need_answer is False
     (SRT needs no labels; gold answers, when present, are only logged). Duplicate problems are dropped:

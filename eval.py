@@ -14,7 +14,7 @@ import json
 import torch
 from tqdm import tqdm
 
-from data import load_eval_sets
+from data import load_eval_sets, mean_by_level
 from model import encode_prompts, load_model, rollout
 from rewards import extract_answer, is_equiv, label_and_reward
 from runtime import AT_LEAST_0, AT_LEAST_1, check_device, check_path, check_values, one_line_error
@@ -36,23 +36,22 @@ def evaluate(model, tokenizer, rows, k=4, max_new_tokens=3072, temperature=1.0, 
     with tqdm(total=len(prompt_ids) * k, desc="eval", leave=False, disable=None) as bar:
         outs = rollout(model, tokenizer, prompt_ids, k, max_new_tokens, temperature, top_p, chunk, amp=amp,
                        progress=bar)
-    avg = maj = pas = parsed = length = 0.0
-    by_level = {}
+    maj = pas = parsed = length = 0.0
+    avgs = []  # avg@k of each row
     for i, row in enumerate(rows):
         group = outs[i * k:(i + 1) * k]
         answers = [extract_answer(o.text) for o in group]
         _, correct, voted, _ = label_and_reward(answers, row["answer"], "gold")  # the gold reward of training
-        avg += sum(correct) / k
-        if "level" in row:
-            by_level.setdefault(str(row["level"]), []).append(sum(correct) / k)
+        avgs.append(sum(correct) / k)
         maj += voted is not None and is_equiv(voted, row["answer"])
         pas += any(correct)
         parsed += sum(a is not None for a in answers) / k
         length += sum(len(o.completion_ids) for o in group) / k
     n = max(len(rows), 1)
-    return {"avg": avg / n, "maj": maj / n, "pass": pas / n, "parse_rate": parsed / n,
+    by_level = mean_by_level(rows, avgs)
+    return {"avg": sum(avgs) / n, "maj": maj / n, "pass": pas / n, "parse_rate": parsed / n,
             "mean_len": length / n, "n": len(rows), "skipped_long": skipped,
-            **({"avg_by_level": {lv: sum(v) / len(v) for lv, v in sorted(by_level.items())}} if by_level else {})}
+            **({"avg_by_level": by_level} if by_level else {})}
 
 
 def evaluate_sets(model, tokenizer, sets, **kw):

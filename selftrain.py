@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 import tiny
-from data import load_eval_sets, load_train_rows
+from data import load_eval_sets, load_train_rows, mean_by_level
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
 from model import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
@@ -197,7 +197,7 @@ def label_batch(groups, batch_rows, picks, cfg):
     answers they are only logged in SRT mode: label_acc (is the majority right?), per difficulty where rows
     have a 'level' (the paper's collapse starts on hard prompts), and reward_acc (does the pseudo-reward equal
     the true reward?)."""
-    rewards, labelled, majorities, shares, label_acc, reward_acc, by_level = [], [], [], [], [], [], {}
+    rewards, labelled, majorities, shares, label_acc, reward_acc, judged = [], [], [], [], [], [], []
     for (answers, classes), row, pick in zip(groups, batch_rows, picks):
         fixed = row.get("teacher" if cfg.label == "offline" else "answer")  # a label from outside the policy
         label, r, majority, count = label_and_reward(answers, fixed, cfg.label, cfg.reward_shape,
@@ -208,8 +208,7 @@ def label_batch(groups, batch_rows, picks, cfg):
         shares.append(count / len(answers))
         if row.get("answer") is not None:
             label_acc.append(float(label is not None and is_equiv(label, row["answer"])))
-            if "level" in row:
-                by_level.setdefault(str(row["level"]), []).append(label_acc[-1])
+            judged.append(row)
             true_r = agreement(answers, classes, row["answer"])
             reward_acc.append(sum(x == y for x, y in zip(r, true_r)) / len(answers))
     B = len(groups)
@@ -218,7 +217,7 @@ def label_batch(groups, batch_rows, picks, cfg):
              # is the step's most common one (label-free; 1/B when every prompt has its own answer)
              "same_answer": majority_vote(majorities)[1] / B, "unlabelled": 1 - sum(labelled) / B,
              "label_acc": sum(label_acc) / len(label_acc) if label_acc else None,
-             "label_acc_by_level": {k: sum(v) / len(v) for k, v in sorted(by_level.items())} or None,
+             "label_acc_by_level": mean_by_level(judged, label_acc) or None,
              "reward_acc": sum(reward_acc) / len(reward_acc) if reward_acc else None}
     return torch.tensor(rewards), labelled, stats
 
