@@ -99,6 +99,7 @@ def tiny_task(n, seed, digits=4, exclude=()):
     lengths, weights = list(mix), list(mix.values())
     rng, rows, seen = random.Random(seed), [], set(exclude)
     while len(rows) < n:
+        # one length draws nothing from rng, so the 4-digit 'tiny' problems are those they always were
         d = rng.choices(lengths, weights)[0] if len(mix) > 1 else lengths[0]
         row = tiny_problem(rng, d)
         if row["problem"] not in seen:
