@@ -23,45 +23,42 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(ROOT, "out-mini")
 FIGS = os.path.join(ROOT, "figures")
 
-# The testbed's own start policy (tiny_warmup): greedy 0.8 on validation, but ~0.38 of samples right at
-# temperature 1, like the paper's base models, which solve 15-30% of their test problems.
-BASE = ["--tiny", "--save_every", "50"]
-STEPS = ["--steps", "150", "--eval_every", "20"]
+# The testbed with easy and hard problems (tiny.py's 'tiny-spread': 2- to 7-digit additions), as the paper's
+# data has: its start policy is right on most easy prompts and wrong on most hard ones. Every run logs the KL
+# to the start model (--watch_kl), so the label-free alarm below can be checked on healthy runs too.
+BASE = ["--tiny", "--model", "tiny-spread", "--train_data", "tiny-spread", "--eval_data", "tiny-spread",
+        "--max_new_tokens", "96",        # a 7-digit solution runs ~80 tokens: hard prompts answer wrongly, not never
+        "--eval_limit", "60", "--watch_kl", "true", "--save_every", "50"]
+EVAL, VAL = "tiny-spread", "tiny-spread-val"
 SEEDS = (0, 1, 2)
-SRT_LR, GOLD_LR = "2e-5", "2e-5"        # the sweep below shows how each method fares at another rate
-SWEEP = ("2e-5", "4e-5")
+LR, STEPS = "2e-5", ["--steps", "80", "--eval_every", "10"]  # claims 1-3, 6: SRT peaks near step 70 at this rate
 TEACHER = ["--teacher_samples", "8"]     # the fixed teacher votes with 8 samples per prompt, like maj@8
-# Too fast a rate for SRT (paper §4.1.1: prolonged training hacks the self-consistency reward; a high
-# rate gets there in minutes). At COLLAPSE_LR accuracy drains away while the answers drift together; at
-# FAST_LR the policy breaks within a few steps and then hacks the reward outright.
-COLLAPSE_LR, COLLAPSE_STEPS, FAST_LR = "1e-4", 40, "3e-4"
-KL = ["--kl_coef", "0.001"]
+# Claim 4 (paper §4.1.1): prolonged SRT at a rate where RL with gold labels stays healthy for as long. Evals every
+# 5 steps time the fall against the alarm; the gold run needs no finer evals than the others.
+COLLAPSE_LR, COLLAPSE_STEPS = "1e-4", 300
+COLLAPSE = ["--lr", COLLAPSE_LR, "--steps", str(COLLAPSE_STEPS)]
+# Claim 5: each mitigation at the collapse rate, for 150 steps (seed 0 loses 10 points of avg@8 within ~15)
+MITIGATION_STEPS = 150
+ALARM_KL = 0.05  # the label-free alarm checked on every run: KL to the start model, mean of 10 steps, above this
 
 RUNS = {}
 for s in SEEDS:                                    # claims 1-3: SRT against RL with gold labels, 3 seeds
-    RUNS[f"srt-s{s}"] = BASE + STEPS + ["--lr", SRT_LR, "--seed", str(s)]
-    RUNS[f"gold-s{s}"] = BASE + STEPS + ["--lr", GOLD_LR, "--seed", str(s), "--label", "gold"]
-for lr in SWEEP:                                   # claim 2: a small learning-rate sweep for each, seed 0
-    if lr != SRT_LR:
-        RUNS[f"srt-lr{lr}"] = BASE + STEPS + ["--lr", lr]
-    if lr != GOLD_LR:
-        RUNS[f"gold-lr{lr}"] = BASE + STEPS + ["--lr", lr, "--label", "gold"]
-# claim 4: collapse; claim 5: each mitigation at the same rate, for 3x as many steps
-RUNS["collapse"] = BASE + KL + ["--eval_every", "10", "--lr", COLLAPSE_LR, "--steps", str(COLLAPSE_STEPS)]
-RUNS["collapse-fast"] = BASE + KL + ["--eval_every", "20", "--lr", FAST_LR, "--steps", "100"]
-LONG = BASE + KL + ["--eval_every", "20", "--lr", COLLAPSE_LR, "--steps", str(3 * COLLAPSE_STEPS)]
-MITIGATIONS = {"early-stop": ["--early_stop", "2", "--val_data", "tiny-val"], "alarm": ["--collapse_alarm", "0.5"],
+    RUNS[f"srt-s{s}"] = BASE + STEPS + ["--lr", LR, "--seed", str(s)]
+    RUNS[f"gold-s{s}"] = BASE + STEPS + ["--lr", LR, "--seed", str(s), "--label", "gold"]
+for s in SEEDS:                                    # claim 4: the collapse, 3 seeds; gold at the same rate, seed 0
+    RUNS[f"collapse-s{s}"] = BASE + COLLAPSE + ["--eval_every", "5", "--seed", str(s)]
+RUNS["collapse-gold-s0"] = BASE + COLLAPSE + ["--eval_every", "10", "--label", "gold"]
+LONG = BASE + ["--lr", COLLAPSE_LR, "--steps", str(MITIGATION_STEPS), "--eval_every", "10"]
+MITIGATIONS = {"early-stop": ["--early_stop", "2", "--val_data", VAL],
                "offline-labels": ["--label", "offline"] + TEACHER, "curriculum": ["--curriculum", "0.33"] + TEACHER,
                "online-filter": ["--filter_share", "0.6"]}
 for name, flags in MITIGATIONS.items():
     RUNS[name] = LONG + flags
 # claim 6: the evolving teacher against a fixed one, at the SRT rate
-RUNS["offline-s0"] = BASE + STEPS + ["--lr", SRT_LR, "--label", "offline"] + TEACHER
-# TTRL's variants: votes from more samples than are trained on; test-time training on the eval set
-RUNS["ttrl-votes"] = BASE + STEPS + ["--lr", SRT_LR, "--samples_per_prompt", "8", "--votes_per_prompt", "16"]
-RUNS["ttt"] = BASE + STEPS + ["--lr", SRT_LR, "--ttt"]
-# The order `python miniature.py` runs them in: the collapse family first (its runs set the bar for claim 5)
-ORDER = ["collapse", "offline-labels", "curriculum", "online-filter", "early-stop", "alarm", "collapse-fast"]
+RUNS["offline-s0"] = BASE + STEPS + ["--lr", LR, "--label", "offline"] + TEACHER
+# The order `python miniature.py` runs them in, two at a time: the longest first, so the two lanes end together
+ORDER = ["collapse-gold-s0", "collapse-s0", "online-filter", "collapse-s1", "collapse-s2", "offline-labels",
+         "curriculum", "offline-s0"]
 ORDER += [n for n in RUNS if n not in ORDER]
 
 
@@ -117,12 +114,12 @@ def run(name, threads):
 
 def read(name):
     """(evals, metrics) of a finished run: lists of dicts by step; None if it has not finished. Each eval is
-    the held-out 'tiny' set's result, plus 'val' (the tiny-val avg@8) where the run scored the hold-out."""
+    the held-out set's result, plus 'val' (the labelled hold-out's avg@8) where the run scored it."""
     out = os.path.join(OUT, name)
     if not finished(name):
         return None
     lines = lambda f: [json.loads(l) for l in open(os.path.join(out, f))] if os.path.exists(os.path.join(out, f)) else []
-    evals = {e["step"]: {**e["tiny"], **({"val": e["tiny-val"]["avg"]} if "tiny-val" in e else {})}
+    evals = {e["step"]: {**e[EVAL], **({"val": e[VAL]["avg"]} if VAL in e else {})}
              for e in lines("eval.jsonl")}  # a resumed run may repeat a step: keep the last
     return [{"step": s, **evals[s]} for s in sorted(evals)], lines("metrics.jsonl")
 
@@ -148,6 +145,46 @@ def fmt(m, sd=None, pct=True):
     return f.format(k * m) + (" ± " + f.format(k * sd).lstrip("+") if sd else "")
 
 
+def peak_and_fall(evals, drop):
+    """(step of the peak, first step at which held-out avg@8 is `drop` below its peak so far, or None). avg@8 here
+    is the mean of an eval and the one before it: one eval of 60 problems moves a few points by chance."""
+    best, peak = -1.0, 0
+    for i, e in enumerate(evals):
+        avg = (e["avg"] + evals[max(0, i - 1)]["avg"]) / 2
+        if avg > best:
+            best, peak = avg, e["step"]
+        elif avg <= best - drop:
+            return peak, e["step"]
+    return peak, None
+
+
+def window(metrics, key, w=10):
+    """[(step, mean of `key` over the last w steps)], from the w-th step on: one step's 16 prompts are noisy."""
+    return [(metrics[i]["step"], statistics.mean(m.get(key) or 0 for m in metrics[i - w + 1:i + 1]))
+            for i in range(w - 1, len(metrics))]
+
+
+def alarm(metrics):
+    """The step at which `--kl_alarm ALARM_KL` stops a run: its 10-step mean KL to the start model first passes
+    ALARM_KL (label-free). None if it never does."""
+    return next((s for s, kl in window(metrics, "kl") if kl > ALARM_KL), None)
+
+
+def collapse_text(r, name):
+    """One collapse run: the reward hack, the fall, and what moved first; None unless it hacked and fell."""
+    ev, me = r[name]
+    reward = window(me, "reward")
+    top = max(x for _, x in reward)
+    first = next((s for s, x in reward if x > 0.85), None)
+    peak, fall = peak_and_fall(ev, 0.10)
+    best = next(e["avg"] for e in ev if e["step"] == peak)
+    text = (f"{name}: pseudo-reward {top:.2f} (10-step mean; > 0.85 from step {first}), avg@8 {ev[0]['avg']:.2f} → "
+            f"{best:.2f} (step {peak}) → {ev[-1]['avg']:.2f}, 10 points below its peak by step {fall}; one answer "
+            f"for up to {100 * max(x.get('same_answer', 0) for x in me):.0f}% of a step's prompts; first to move: "
+            f"{first_mover(me)}")
+    return text, first is not None and fall is not None
+
+
 def claims():
     r = {n: read(n) for n in RUNS}
     rows = []
@@ -155,46 +192,50 @@ def claims():
     srt = [gain(r[f"srt-s{s}"][0]) for s in seeds]
     gold = [gain(r[f"gold-s{s}"][0]) for s in seeds]
     m, sd = mean_sd(srt)
-    # the gain by earlier steps too: these runs were first 60, then 100 steps long, and fell short there
-    early = "; ".join(f"by step {k}: {fmt(*mean_sd([gain([e for e in r[f'srt-s{s}'][0] if e['step'] <= k]) for s in seeds]))}"
-                      for k in (60, 100))
+    per_seed = ", ".join(f"{fmt(g)}" for g in srt)
     rows.append(("1. SRT improves held-out avg@8 without labels", "peak gain ≥ +15 pts",
-                 f"{fmt(m, sd)} pts (mean ± sd, {len(srt)} seeds; {early})" if srt else "not run", m is not None and m >= 0.15))
+                 f"{fmt(m, sd)} pts (mean ± sd, {len(srt)} seeds: {per_seed})" if srt else "not run",
+                 m is not None and m >= 0.15))
     m2, sd2 = mean_sd([a / b for a, b in zip(srt, gold) if b > 0])
-    sweep = {method: {lr: gain(r[n][0]) for lr in SWEEP for n in [f"{method}-s0" if lr == base else f"{method}-lr{lr}"]
-                      if r[n]} for method, base in (("srt", SRT_LR), ("gold", GOLD_LR))}
-    tuned = max(sweep["srt"].values()) / max(sweep["gold"].values()) if sweep["srt"] and sweep["gold"] else None
     rows.append(("2. SRT rivals gold RL early", "SRT gain / gold gain ≥ 0.75",
-                 (f"{fmt(m2, sd2, pct=False)} at lr {SRT_LR} (gold {fmt(*mean_sd(gold))} pts); best of each sweep, seed 0: "
-                  f"{fmt(tuned, pct=False)}") if srt else "not run", m2 is not None and m2 >= 0.75 and (tuned is None or tuned >= 0.75)))
+                 f"{fmt(m2, sd2, pct=False)} at lr {LR} (gold {fmt(*mean_sd(gold))} pts)" if srt else "not run",
+                 m2 is not None and m2 >= 0.75))
     maj = [gain(r[f"srt-s{s}"][0], "maj") for s in seeds]
     m3, sd3 = mean_sd(maj)
     rows.append(("3. The teacher improves: maj@8 rises", "peak gain ≥ +10 pts", f"{fmt(m3, sd3)} pts" if maj else "not run",
                  m3 is not None and m3 >= 0.10))
-    texts, hacked = [], False
-    for name in ("collapse", "collapse-fast"):
-        if r[name]:
-            ev, me = r[name]
-            top = max(x["reward"] for x in me)
-            hacked |= top > 0.85 and ev[-1]["avg"] <= 0.1
-            texts.append(f"{name} (lr {RUNS[name][RUNS[name].index('--lr') + 1]}): pseudo-reward max {top:.2f}, avg@8 "
-                         f"{ev[0]['avg']:.2f} → {ev[-1]['avg']:.2f}, one answer for up to "
-                         f"{100 * max(x.get('same_answer', 0) for x in me):.0f}% of a step's prompts; first to move: "
-                         f"{first_mover(me)}")
-    rows.append(("4. Aggressive SRT reward-hacks and collapses", "pseudo-reward > 0.85, avg@8 ≤ 0.1",
-                 "; ".join(texts) or "not run", hacked))
+    texts, hacked = [], 0
+    for s in SEEDS:
+        if r[f"collapse-s{s}"]:
+            text, ok = collapse_text(r, f"collapse-s{s}")
+            texts.append(text)
+            hacked += ok
+    healthy = False
+    if r["collapse-gold-s0"]:
+        ev, _ = r["collapse-gold-s0"]
+        peak, fall = peak_and_fall(ev, 0.10)
+        healthy = fall is None
+        texts.append(f"collapse-gold-s0 (gold labels, same rate and steps): avg@8 {ev[0]['avg']:.2f} → "
+                     f"{max(e['avg'] for e in ev):.2f} (step {peak}) → {ev[-1]['avg']:.2f}, "
+                     + ("never 10 points below its peak" if healthy else f"10 points below its peak by step {fall}"))
+    rows.append((f"4. Prolonged SRT (lr {COLLAPSE_LR}, {COLLAPSE_STEPS} steps) reward-hacks and collapses; gold RL "
+                 "does not", "pseudo-reward > 0.85 and avg@8 ≥ 10 pts below its peak; the gold run never is",
+                 f"{hacked} of {len(texts) - (r['collapse-gold-s0'] is not None)} seeds. " + "; ".join(texts)
+                 if texts else "not run", hacked > 0 and healthy))
+    fall10 = peak_and_fall(r["collapse-s0"][0], 0.10)[1] if r["collapse-s0"] else None
     survived = []
     for name in MITIGATIONS:
         if r[name]:
             ev, me = r[name]
             steps = me[-1]["step"] if me else 0
-            ok = steps >= 3 * COLLAPSE_STEPS and ev[-1]["avg"] > 0.1
-            text = f"{name}: {steps} steps, avg@8 {ev[-1]['avg']:.2f}" + (" (no collapse)" if ok else "")
+            ok = steps >= MITIGATION_STEPS and ev[-1]["avg"] > ev[0]["avg"] - 0.10
+            text = f"{name}: {steps} steps, avg@8 {ev[0]['avg']:.2f} → {ev[-1]['avg']:.2f}" + (" (no collapse)" if ok else "")
             if any("val" in e for e in ev):  # early stopping keeps the model that scored best on the hold-out
                 kept = max((e for e in ev if "val" in e), key=lambda e: (e["val"], -e["step"]))
                 text += f", kept step {kept['step']} (avg@8 {kept['avg']:.2f})"
             survived.append(text)
-    rows.append(("5. Mitigations", f"one runs {3 * COLLAPSE_STEPS} steps without collapse", "; ".join(survived) or "not run",
+    bar = f"one runs {MITIGATION_STEPS} steps (collapse-s0 fell 10 pts by step {fall10}) and ends ≤ 10 pts below its start"
+    rows.append(("5. Mitigations, at the collapse rate", bar, "; ".join(survived) or "not run",
                  any("no collapse" in s for s in survived)))
     on, off = r["srt-s0"], r["offline-s0"]
     if on and off:
@@ -203,7 +244,34 @@ def claims():
                      f"{fmt(d)} pts ({on[0][-1]['avg']:.3f} vs {off[0][-1]['avg']:.3f} at step {on[0][-1]['step']})", d > 0))
     else:
         rows.append(("6. The evolving teacher beats a fixed one", "online − offline > 0", "not run", False))
-    return rows, r, sweep
+    verdicts = alarms(r)
+    late = [n for n, v in verdicts.items() if v[-1] in ("late", "silent")]
+    false = [n for n, v in verdicts.items() if v[-1] == "false alarm"]
+    rows.append((f"7. A label-free alarm (10-step mean KL > {ALARM_KL}) warns in time",
+                 "fires before avg@8 falls 5 pts in every collapse run; never in a healthy run",
+                 (f"late or silent on {', '.join(late) or 'none'}; false alarms on {', '.join(false) or 'none'} "
+                  "(table below)") if verdicts else "not run", bool(verdicts) and not late and not false))
+    return rows, r
+
+
+def alarms(r):
+    """{run: (peak step, step avg@8 fell 5 pts, alarm step, verdict)} for the collapse runs (the alarm must fire
+    by the fall), the gold runs (it must never fire) and the SRT runs of claims 1-3 (not before their peak)."""
+    out = {}
+    for name in [f"collapse-s{s}" for s in SEEDS] + ["collapse-gold-s0"] + [f"{m}-s{s}" for m in ("srt", "gold") for s in SEEDS]:
+        if not r[name]:
+            continue
+        ev, me = r[name]
+        peak, fall = peak_and_fall(ev, 0.05)
+        when = alarm(me)
+        if "gold" in name:
+            verdict = "false alarm" if when else "quiet"
+        elif name.startswith("collapse"):
+            verdict = "silent" if fall and not when else "late" if fall and when > fall else "in time" if fall else "no fall"
+        else:
+            verdict = "false alarm" if when and when <= peak else "quiet" if not when else "after the peak"
+        out[name] = (peak, fall, when, verdict)
+    return out
 
 
 def first_mover(metrics, window=5):
@@ -224,6 +292,60 @@ def first_mover(metrics, window=5):
     return ", ".join(f"{k} (step {s})" for k, s in sorted(firsts.items(), key=lambda kv: kv[1])) or "none"
 
 
+def spread(r):
+    """The testbed's difficulty spread, per seed, from the start model: held-out avg@8 by operand length (the
+    step-0 eval of srt-s*), the easiest third (2-3 digits) against the hardest (6-7), the majority's accuracy by
+    length over SRT's first 20 steps (label_acc_by_level), and the fixed teacher's majority-share histogram."""
+    from tiny import TASKS, tiny_heldout
+    levels = [str(x["level"]) for x in tiny_heldout(task=EVAL)[:int(BASE[BASE.index("--eval_limit") + 1])]]
+    digits = [str(d) for d in TASKS[EVAL]["problems"]]
+    third = lambda by, ds: sum(by[d] * levels.count(d) for d in ds) / sum(levels.count(d) for d in ds)
+    rows = {"start avg@8 by digits " + " / ".join(digits) + " (problems: " +
+            " / ".join(str(levels.count(d)) for d in digits) + ")": [],
+            "start avg@8, easiest third (2–3 digits) vs hardest (6–7)": [],
+            "majority right, SRT steps 1–20, by digits": []}
+    for s in SEEDS:
+        if not r[f"srt-s{s}"]:
+            for v in rows.values():
+                v.append("not run")
+            continue
+        ev, me = r[f"srt-s{s}"]
+        by = ev[0].get("avg_by_level")
+        if not by:  # a run older than the per-level eval
+            for v in rows.values():
+                v.append("not logged")
+            continue
+        acc = {d: statistics.mean(m["label_acc_by_level"][d] for m in me[:20] if d in m.get("label_acc_by_level", {}))
+               for d in digits}
+        cells = [" / ".join(f"{by.get(d, 0):.2f}" for d in digits),
+                 f"{third(by, ['2', '3']):.2f} vs {third(by, ['6', '7']):.2f}", " / ".join(f"{acc[d]:.2f}" for d in digits)]
+        for v, c in zip(rows.values(), cells):
+            v.append(c)
+    votes = os.path.join(OUT, "curriculum", "teacher.json")
+    if finished("curriculum") and os.path.exists(votes):
+        shares = [round(8 * v["share"]) for v in json.load(open(votes))]
+        rows["start model's majority share over the training prompts, 8 samples: 0 / 1 / … / 8 of 8 agree"] = \
+            [" / ".join(str(shares.count(k)) for k in range(9))] + ["—"] * (len(SEEDS) - 1)
+    out = ["| | " + " | ".join(f"seed {s}" for s in SEEDS) + " |", "|---|" + "---|" * len(SEEDS)]
+    return out + [f"| {k} | " + " | ".join(v) + " |" for k, v in rows.items()]
+
+
+def hard_first(r, windows=((1, 20), (21, 40), (41, 60), (81, 100), (141, 160))):
+    """The majority's accuracy by operand length over windows of the collapse runs: which prompts go first."""
+    digits = [k for k in (r["collapse-s0"] or r["srt-s0"] or [[], [{"label_acc_by_level": {}}]])[1][0]["label_acc_by_level"]]
+    out = ["| steps | " + " | ".join(f"collapse-s{s}: digits {' / '.join(digits)}" for s in SEEDS) + " |",
+           "|---|" + "---|" * len(SEEDS)]
+    for lo, hi in windows:
+        cells = []
+        for s in SEEDS:
+            me = r[f"collapse-s{s}"][1] if r[f"collapse-s{s}"] else []
+            part = [m["label_acc_by_level"] for m in me if lo <= m["step"] <= hi]
+            cells.append(" / ".join(f"{statistics.mean(p[d] for p in part if d in p):.2f}"
+                                    if any(d in p for p in part) else "—" for d in digits) if part else "not run")
+        out.append(f"| {lo}–{hi} | " + " | ".join(cells) + " |")
+    return out
+
+
 # ------------------------------------------------------------------------------------------------------
 # Figures and the results table (docs/miniature.md)
 
@@ -240,7 +362,6 @@ def figures(r):
     def plot(groups, path, title):
         fig, axes = plt.subplots(2, 3, figsize=(13, 7))
         for ax, (label, src, key) in zip(axes.flat, panels):
-            drawn = False
             for name, style in groups:
                 if not r.get(name):
                     continue
@@ -251,10 +372,9 @@ def figures(r):
                     if src == "metrics":                    # per-step metrics are noisy: a running mean of 5
                         ys = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
                     ax.plot(xs, ys, label=name, **style)
-                    drawn = True
-            if not drawn:
-                ax.text(0.5, 0.5, "not logged in these runs\n(kl: only with --kl_coef > 0)", ha="center",
-                        va="center", transform=ax.transAxes, color="gray")
+            if key == "kl":
+                ax.set_yscale("log")
+                ax.axhline(ALARM_KL, color="gray", linestyle="--", linewidth=1)
             ax.set_title(label)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
@@ -266,43 +386,60 @@ def figures(r):
         plt.close(fig)
 
     seeds = [(f"srt-s{s}", {"color": "C0", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
-            [(f"gold-s{s}", {"color": "C1", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
-            [("offline-s0", {"color": "C2"})] + \
-            [(f"{m}-lr{lr}", {"color": c, "linestyle": "--"}) for lr in SWEEP for m, c in (("srt", "C0"), ("gold", "C1"))
-             if f"{m}-lr{lr}" in RUNS]
-    plot(seeds, os.path.join(FIGS, "srt_vs_gold.png"), "Claims 1-3, 6: SRT (no labels) vs RL with gold labels vs offline labels (dashed: lr "
-         + ", ".join(lr for lr in SWEEP if lr != SRT_LR) + ")")
-    plot([("collapse", {"color": "C3"}), ("collapse-fast", {"color": "C3", "linestyle": ":"})] +
-         [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(MITIGATIONS)], os.path.join(FIGS, "collapse.png"),
-         f"Claims 4-5: SRT collapses at lr {COLLAPSE_LR} (and {FAST_LR}, dotted); mitigations at {COLLAPSE_LR}")
-    plot([("srt-s0", {"color": "C0"}), ("ttrl-votes", {"color": "C5"}), ("ttt", {"color": "C6"})],
-         os.path.join(FIGS, "ttrl.png"), "TTRL variants: 16 votes / 8 trained; test-time training on the eval set")
+            [(f"gold-s{s}", {"color": "C1", "alpha": 1 - 0.25 * s}) for s in SEEDS] + [("offline-s0", {"color": "C2"})]
+    plot(seeds, os.path.join(FIGS, "srt_vs_gold.png"),
+         f"Claims 1-3, 6: SRT (no labels) vs RL with gold labels vs offline labels, lr {LR}")
+    plot([(f"collapse-s{s}", {"color": "C3", "alpha": 1 - 0.25 * s}) for s in SEEDS] +
+         [("collapse-gold-s0", {"color": "C1"})] + [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(MITIGATIONS)],
+         os.path.join(FIGS, "collapse.png"),
+         f"Claims 4-5: prolonged SRT collapses at lr {COLLAPSE_LR}, gold RL does not; mitigations (KL: alarm at {ALARM_KL})")
 
 
-def table(rows, r, sweep):
+def table(rows, r):
     out = ["| claim | threshold | measured | holds |", "|---|---|---|---|"]
     out += [f"| {c} | {t} | {m} | {'yes' if ok else 'no'} |" for c, t, m, ok in rows]
-    out += ["", "The learning-rate sweep (seed 0): peak gain of held-out avg@8 over the start, in points.", "",
-            "| lr | SRT | gold |", "|---|---|---|"]
-    out += [f"| {lr} | {fmt(sweep['srt'].get(lr))} | {fmt(sweep['gold'].get(lr))} |" for lr in SWEEP]
-    out += ["", "Every run (held-out avg@8 / maj@8 at the start, at the best eval, at the end):", "",
-            "| run | flags | start | best (step) | end | minutes |", "|---|---|---|---|---|---|"]
-    for name, flags in RUNS.items():
+    out += ["", "The difficulty spread (held-out avg@8 on 60 problems at step 0; majority = the pseudo-label of 16 samples):", ""]
+    out += spread(r)
+    out += ["", "Hard prompts go first: the majority's accuracy (pseudo-label accuracy) by operand length, mean over steps:", ""]
+    out += hard_first(r)
+    out += ["", f"The alarm (10-step mean KL to the start model > {ALARM_KL}, i.e. `--kl_alarm {ALARM_KL}`) against the "
+            "step where held-out avg@8 (mean of two evals) first fell 5 points below its peak:", "",
+            "| run | avg@8 peak (step) | fell 5 pts at | alarm at | verdict |", "|---|---|---|---|---|"]
+    out += [f"| {n} | {p} | {f or '—'} | {w or '—'} | {v} |" for n, (p, f, w, v) in alarms(r).items()]
+    out += ["", "Every run (held-out avg@8 / maj@8 at the start, at the best eval, at the end; KL: max of its 10-step mean):", "",
+            "| run | flags | start | best (step) | end | KL max | minutes |", "|---|---|---|---|---|---|---|"]
+    for name in ORDER:
+        flags = " ".join(RUNS[name][len(BASE):])
         if not r[name]:
-            out.append(f"| {name} | `{' '.join(flags)}` | not run | | | |")
+            out.append(f"| {name} | `{flags}` | not run | | | | |")
             continue
-        ev, _ = r[name]
+        ev, me = r[name]
         best = max(ev, key=lambda e: e["avg"])
+        kl = max((x for _, x in window(me, "kl")), default=0)
         secs = json.load(open(os.path.join(OUT, name, "done.json")))["seconds"]
-        out.append(f"| {name} | `{' '.join(flags)}` | {ev[0]['avg']:.3f} / {ev[0]['maj']:.3f} | {best['avg']:.3f} / "
-                   f"{best['maj']:.3f} ({best['step']}) | {ev[-1]['avg']:.3f} / {ev[-1]['maj']:.3f} | {secs / 60:.1f} |")
-    said = {n: answers(n) for n in ("collapse", "collapse-fast") if r[n]}
+        out.append(f"| {name} | `{flags}` | {ev[0]['avg']:.3f} / {ev[0]['maj']:.3f} | {best['avg']:.3f} / "
+                   f"{best['maj']:.3f} ({best['step']}) | {ev[-1]['avg']:.3f} / {ev[-1]['maj']:.3f} | {kl:.3f} | {secs / 60:.1f} |")
+    out += ["", f"Every run's flags begin with `{' '.join(BASE)}`. " + sitting()]
+    said = {n: answers(n) for n in [f"collapse-s{s}" for s in SEEDS] if r[n]}
     if said:
         head = next(iter(said.values()))
         out += ["", "What the collapsed policies answer (one sample each for the first held-out problems):", "",
                 "| run | " + " | ".join(f"`{p}` = {a}" for p, a, _ in head) + " |", "|---|" + "---|" * len(head)]
         out += [f"| {n} | " + " | ".join(str(x) for _, _, x in said[n]) + " |" for n in said]
     return "\n".join(out)
+
+
+def sitting():
+    """How long the suite took: the runs' own minutes added up, and the wall clock from the first run's start
+    to the last run's end (one sitting only if the runs were not made across several)."""
+    done = [os.path.join(OUT, n, "done.json") for n in RUNS if finished(n)]
+    if not done:
+        return ""
+    lane = sum(json.load(open(d))["seconds"] for d in done) / 60
+    start = min(os.path.getmtime(os.path.join(OUT, n, "flags.json")) for n in RUNS if finished(n))
+    wall = (max(os.path.getmtime(d) for d in done) - start) / 60
+    return (f"The {len(done)} finished runs took {lane:.0f} run-minutes; from the first start to the last end, "
+            f"{wall:.0f} minutes of wall clock (warm-ups not included).")
 
 
 def answers(name, n=6):
@@ -312,16 +449,17 @@ def answers(name, n=6):
     from rewards import extract_answer
     from tiny import tiny_heldout
     model, tok = load_model(os.path.join(OUT, name, "ckpt"))
-    rows = tiny_heldout()[:n]
+    rows = tiny_heldout(task=EVAL)[:n]
     torch.manual_seed(0)
-    outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, 64,
+    new_tokens = int(BASE[BASE.index("--max_new_tokens") + 1])
+    outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, new_tokens,
                    stop_ids=stop_token_ids(model, tok))
     return [(r["problem"], r["answer"], extract_answer(o.text)) for r, o in zip(rows, outs)]
 
 
 def report():
-    rows, r, sweep = claims()
-    text = table(rows, r, sweep)
+    rows, r = claims()
+    text = table(rows, r)
     print(text)
     try:
         figures(r)
@@ -346,8 +484,9 @@ if __name__ == "__main__":
         raise SystemExit(f"unknown runs {unknown}; known: {list(RUNS)}")
     if not a.report:
         from tiny import tiny_warmup  # build each seed's start policy once, before runs share it
-        for s in sorted({int(RUNS[n][RUNS[n].index("--seed") + 1]) if "--seed" in RUNS[n] else 0 for n in a.runs or RUNS}):
-            tiny_warmup(s)
+        flag = lambda n, f, default: RUNS[n][RUNS[n].index(f) + 1] if f in RUNS[n] else default
+        for task, s in sorted({(flag(n, "--model", "tiny"), int(flag(n, "--seed", 0))) for n in a.runs or RUNS}):
+            tiny_warmup(s, task)
         threads = max(1, (os.cpu_count() or 2) // a.jobs)
         with ThreadPoolExecutor(a.jobs) as pool:
             list(pool.map(lambda n: run(n, threads), a.runs or ORDER))

@@ -1634,28 +1634,36 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     import miniature
     monkeypatch.setattr(miniature, "OUT", str(tmp_path))
 
-    def fake(name, avgs, majs, pseudo):
+    def fake(name, avgs, majs, reward, kl):
         d = tmp_path / name
         d.mkdir()
         (d / "done.json").write_text(json.dumps({"flags": miniature.RUNS[name], "seconds": 60}))
-        (d / "eval.jsonl").write_text("".join(json.dumps({"step": 25 * i, "tiny": {"avg": a, "maj": m}}) + "\n"
+        (d / "eval.jsonl").write_text("".join(json.dumps({"step": 5 * i, miniature.EVAL: {"avg": a, "maj": m}}) + "\n"
                                               for i, (a, m) in enumerate(zip(avgs, majs))))
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "reward": p, "same_answer": p})
-                                                 + "\n" for s, p in enumerate(pseudo)))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s + 1, "reward": p, "same_answer": p, "kl": k})
+                                                 + "\n" for s, (p, k) in enumerate(zip(reward, kl))))
 
-    fake("srt-s0", [0.3, 0.5, 0.45], [0.6, 0.8, 0.7], [0.5] * 12)
-    fake("gold-s0", [0.3, 0.4, 0.6], [0.6, 0.7, 0.8], [0.5] * 12)
-    fake("collapse", [0.3, 0.2, 0.05], [0.6, 0.5, 0.1], [0.5] * 6 + [0.99] * 6)
-    fake("collapse-fast", [0.3, 0.0], [0.6, 0.0], [0.4] * 12)           # broke, but never hacked the reward
-    rows, _, sweep = miniature.claims()
+    fake("srt-s0", [0.3, 0.5, 0.45], [0.6, 0.8, 0.7], [0.5] * 12, [0.01] * 12)
+    fake("gold-s0", [0.3, 0.4, 0.6], [0.6, 0.7, 0.8], [0.5] * 12, [0.01] * 5 + [0.2] * 7)  # a healthy run's KL alarm
+    # seed 0 collapses: avg@8 (mean of two evals) 0.31 at step 5, 5 points down by step 15, 10 by step 20; the
+    # 10-step mean reward passes 0.85 at step 18, the 10-step mean KL passes 0.05 at step 13: in time
+    fake("collapse-s0", [0.3, 0.32, 0.3, 0.2, 0.1, 0.0], [0.6] * 6, [0.5] * 10 + [0.99] * 20, [0.01] * 10 + [0.2] * 20)
+    fake("collapse-s1", [0.3, 0.1, 0.0], [0.6] * 3, [0.99] * 30, [0.01] * 30)  # hacked, but the KL never moved
+    fake("collapse-gold-s0", [0.3, 0.4, 0.5, 0.45], [0.6] * 4, [0.5] * 30, [0.01] * 30)
+    rows, runs = miniature.claims()
     verdict = {r[0][:1]: (r[2], r[3]) for r in rows}
     assert verdict["1"][1] is True and verdict["1"][0].startswith("+20.0 pts (mean ± sd, 1 seeds")  # the peak, not the last
-    assert "by step 60: +20.0" in verdict["1"][0]
     assert verdict["2"][1] is False and verdict["2"][0].startswith("0.67")  # SRT +20 / gold +30 < 0.75
-    assert sweep["srt"] == {"2e-5": pytest.approx(0.2)} and "srt-lr4e-5" in miniature.RUNS
-    assert verdict["3"][1] is True and verdict["4"][1] is True and "reward (step 8)" in verdict["4"][0]
-    assert "collapse-fast (lr 3e-4): pseudo-reward max 0.40" in verdict["4"][0]
+    assert verdict["3"][1] is True
+    assert verdict["4"][1] is True and verdict["4"][0].startswith("2 of 2 seeds")
+    assert "collapse-s0: pseudo-reward 0.99 (10-step mean; > 0.85 from step 18)" in verdict["4"][0]
+    assert "10 points below its peak by step 20" in verdict["4"][0] and "never 10 points below its peak" in verdict["4"][0]
     assert verdict["5"] == ("not run", False)
+    alarms = miniature.alarms(runs)
+    assert alarms["collapse-s0"] == (5, 15, 13, "in time") and alarms["collapse-s1"][-1] == "silent"
+    assert alarms["gold-s0"][-1] == "false alarm" and alarms["collapse-gold-s0"][-1] == "quiet"
+    assert alarms["srt-s0"][-1] == "quiet"
+    assert verdict["7"][1] is False and "late or silent on collapse-s1; false alarms on gold-s0" in verdict["7"][0]
     # a run finished with other flags is stale: neither reported nor counted
     (tmp_path / "srt-s0" / "done.json").write_text(json.dumps({"flags": ["--steps", "1"], "seconds": 1}))
     assert miniature.read("srt-s0") is None and miniature.claims()[0][0][2] == "not run"
