@@ -248,17 +248,17 @@ def claims():
     late = [n for n, v in verdicts.items() if v[-1] in ("late", "silent")]
     false = [n for n, v in verdicts.items() if v[-1] == "false alarm"]
     rows.append((f"7. A label-free alarm (10-step mean KL > {ALARM_KL}) warns in time",
-                 "fires before avg@8 falls 5 pts in every collapse run; never in a healthy run",
+                 "fires before avg@8 falls 5 pts in every run that falls; never in a gold run, nor before a run's peak",
                  (f"late or silent on {', '.join(late) or 'none'}; false alarms on {', '.join(false) or 'none'} "
                   "(table below)") if verdicts else "not run", bool(verdicts) and not late and not false))
     return rows, r
 
 
 def alarms(r):
-    """{run: (peak step, step avg@8 fell 5 pts, alarm step, verdict)} for the collapse runs (the alarm must fire
-    by the fall), the gold runs (it must never fire) and the SRT runs of claims 1-3 (not before their peak)."""
+    """{run: (peak step, step avg@8 fell 5 pts, alarm step, verdict)} for every run. A run that fell needs the
+    alarm by the fall; a gold run must never raise it; any other run must not raise it before its peak."""
     out = {}
-    for name in [f"collapse-s{s}" for s in SEEDS] + ["collapse-gold-s0"] + [f"{m}-s{s}" for m in ("srt", "gold") for s in SEEDS]:
+    for name in ORDER:
         if not r[name]:
             continue
         ev, me = r[name]
@@ -266,8 +266,8 @@ def alarms(r):
         when = alarm(me)
         if "gold" in name:
             verdict = "false alarm" if when else "quiet"
-        elif name.startswith("collapse"):
-            verdict = "silent" if fall and not when else "late" if fall and when > fall else "in time" if fall else "no fall"
+        elif fall:
+            verdict = "silent" if not when else "late" if when > fall else "in time"
         else:
             verdict = "false alarm" if when and when <= peak else "quiet" if not when else "after the peak"
         out[name] = (peak, fall, when, verdict)

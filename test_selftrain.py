@@ -1650,6 +1650,7 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     fake("collapse-s0", [0.3, 0.32, 0.3, 0.2, 0.1, 0.0], [0.6] * 6, [0.5] * 10 + [0.99] * 20, [0.01] * 10 + [0.2] * 20)
     fake("collapse-s1", [0.3, 0.1, 0.0], [0.6] * 3, [0.99] * 30, [0.01] * 30)  # hacked, but the KL never moved
     fake("collapse-gold-s0", [0.3, 0.4, 0.5, 0.45], [0.6] * 4, [0.5] * 30, [0.01] * 30)
+    fake("offline-s0", [0.3, 0.4, 0.5], [0.6] * 3, [0.5] * 12, [0.2] * 12)  # the alarm at step 10, still rising
     rows, runs = miniature.claims()
     verdict = {r[0][:1]: (r[2], r[3]) for r in rows}
     assert verdict["1"][1] is True and verdict["1"][0].startswith("+20.0 pts (mean ± sd, 1 seeds")  # the peak, not the last
@@ -1662,12 +1663,13 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     alarms = miniature.alarms(runs)
     assert alarms["collapse-s0"] == (5, 15, 13, "in time") and alarms["collapse-s1"][-1] == "silent"
     assert alarms["gold-s0"][-1] == "false alarm" and alarms["collapse-gold-s0"][-1] == "quiet"
-    assert alarms["srt-s0"][-1] == "quiet"
-    assert verdict["7"][1] is False and "late or silent on collapse-s1; false alarms on gold-s0" in verdict["7"][0]
+    assert alarms["srt-s0"][-1] == "quiet" and alarms["offline-s0"] == (10, None, 10, "false alarm")
+    assert verdict["7"][1] is False and "late or silent on collapse-s1; false alarms on offline-s0, gold-s0" in verdict["7"][0]
+    assert verdict["6"] == ("-5.0 pts (0.450 vs 0.500 at step 10)", False)
     # a run finished with other flags is stale: neither reported nor counted
     (tmp_path / "srt-s0" / "done.json").write_text(json.dumps({"flags": ["--steps", "1"], "seconds": 1}))
     assert miniature.read("srt-s0") is None and miniature.claims()[0][0][2] == "not run"
-    assert verdict["6"] == ("not run", False)
+    assert miniature.claims()[0][5] == ("6. The evolving teacher beats a fixed one", "online − offline > 0", "not run", False)
     # more steps resume a finished run (its rate is constant); any other change of flags starts over
     assert miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "1e-4", "--steps", "100"])
     assert not miniature.extends(["--lr", "1e-4", "--steps", "60"], ["--lr", "2e-4", "--steps", "100"])
