@@ -62,6 +62,11 @@ ORDER = ["collapse-gold-s0", "collapse-s0", "online-filter", "collapse-s1", "col
 ORDER += [n for n in RUNS if n not in ORDER]
 
 
+def flag(flags, name, default=None):
+    """The value given to flag `name` in a run's flag list, else default."""
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
 def command(name):
     return [sys.executable, "selftrain.py", *RUNS[name], "--out_dir", os.path.join("out-mini", name)]
 
@@ -76,7 +81,7 @@ def extends(old, new):
     """True if flags `new` are `old` (or the same run) with more --steps: the run resumes from its last
     checkpoint rather than starting over, and ends exactly where a fresh run would (the rate is constant)."""
     strip = lambda f: [x for i, x in enumerate(f) if x != "--steps" and (i == 0 or f[i - 1] != "--steps")]
-    steps = lambda f: int(f[f.index("--steps") + 1]) if "--steps" in f else 0
+    steps = lambda f: int(flag(f, "--steps", 0))
     return strip(old) == strip(new) and steps(old) <= steps(new)
 
 
@@ -165,13 +170,14 @@ def window(metrics, key, w=10):
 
 
 def alarm(metrics):
-    """The step at which `--kl_alarm ALARM_KL` stops a run: its 10-step mean KL to the start model first passes
-    ALARM_KL (label-free). None if it never does."""
-    return next((s for s, kl in window(metrics, "kl") if kl > ALARM_KL), None)
+    """The step at which `--kl_alarm ALARM_KL` would stop a run (label-free): the alarm's own rule,
+    mitigations.kl_mean, replayed on each step's log. None if it never fires."""
+    from mitigations import kl_mean
+    return next((m["step"] for i, m in enumerate(metrics) if (kl_mean(metrics[:i + 1]) or 0) > ALARM_KL), None)
 
 
 def collapse_text(r, name):
-    """One collapse run: the reward hack, the fall, and what moved first; None unless it hacked and fell."""
+    """One collapse run: (the reward hack, the fall and what moved first as text, whether it hacked and fell)."""
     ev, me = r[name]
     reward = window(me, "reward")
     top = max(x for _, x in reward)
@@ -297,7 +303,7 @@ def spread(r):
     step-0 eval of srt-s*), the easiest third (2-3 digits) against the hardest (6-7), the majority's accuracy by
     length over SRT's first 20 steps (label_acc_by_level), and the fixed teacher's majority-share histogram."""
     from tiny import TASKS, tiny_heldout
-    levels = [str(x["level"]) for x in tiny_heldout(task=EVAL)[:int(BASE[BASE.index("--eval_limit") + 1])]]
+    levels = [str(x["level"]) for x in tiny_heldout(task=EVAL)[:int(flag(BASE, "--eval_limit"))]]
     digits = [str(d) for d in TASKS[EVAL]["problems"]]
     third = lambda by, ds: sum(by[d] * levels.count(d) for d in ds) / sum(levels.count(d) for d in ds)
     rows = {"start avg@8 by digits " + " / ".join(digits) + " (problems: " +
@@ -332,7 +338,8 @@ def spread(r):
 
 def hard_first(r, windows=((1, 20), (21, 40), (41, 60), (81, 100), (141, 160))):
     """The majority's accuracy by operand length over windows of the collapse runs: which prompts go first."""
-    digits = [k for k in (r["collapse-s0"] or r["srt-s0"] or [[], [{"label_acc_by_level": {}}]])[1][0]["label_acc_by_level"]]
+    from tiny import TASKS
+    digits = [str(d) for d in TASKS[EVAL]["problems"]]
     out = ["| steps | " + " | ".join(f"collapse-s{s}: digits {' / '.join(digits)}" for s in SEEDS) + " |",
            "|---|" + "---|" * len(SEEDS)]
     for lo, hi in windows:
@@ -432,11 +439,12 @@ def table(rows, r):
 def sitting():
     """How long the suite took: the runs' own minutes added up, and the wall clock from the first run's start
     to the last run's end (one sitting only if the runs were not made across several)."""
-    done = [os.path.join(OUT, n, "done.json") for n in RUNS if finished(n)]
-    if not done:
+    names = [n for n in RUNS if finished(n)]
+    if not names:
         return ""
+    done = [os.path.join(OUT, n, "done.json") for n in names]
     lane = sum(json.load(open(d))["seconds"] for d in done) / 60
-    start = min(os.path.getmtime(os.path.join(OUT, n, "flags.json")) for n in RUNS if finished(n))
+    start = min(os.path.getmtime(os.path.join(OUT, n, "flags.json")) for n in names)
     wall = (max(os.path.getmtime(d) for d in done) - start) / 60
     return (f"The {len(done)} finished runs took {lane:.0f} run-minutes; from the first start to the last end, "
             f"{wall:.0f} minutes of wall clock (warm-ups not included).")
@@ -451,8 +459,7 @@ def answers(name, n=6):
     model, tok = load_model(os.path.join(OUT, name, "ckpt"))
     rows = tiny_heldout(task=EVAL)[:n]
     torch.manual_seed(0)
-    new_tokens = int(BASE[BASE.index("--max_new_tokens") + 1])
-    outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, new_tokens,
+    outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, int(flag(BASE, "--max_new_tokens")),
                    stop_ids=stop_token_ids(model, tok))
     return [(r["problem"], r["answer"], extract_answer(o.text)) for r, o in zip(rows, outs)]
 
@@ -484,8 +491,7 @@ if __name__ == "__main__":
         raise SystemExit(f"unknown runs {unknown}; known: {list(RUNS)}")
     if not a.report:
         from tiny import tiny_warmup  # build each seed's start policy once, before runs share it
-        flag = lambda n, f, default: RUNS[n][RUNS[n].index(f) + 1] if f in RUNS[n] else default
-        for task, s in sorted({(flag(n, "--model", "tiny"), int(flag(n, "--seed", 0))) for n in a.runs or RUNS}):
+        for task, s in sorted({(flag(RUNS[n], "--model", "tiny"), int(flag(RUNS[n], "--seed", 0))) for n in a.runs or RUNS}):
             tiny_warmup(s, task)
         threads = max(1, (os.cpu_count() or 2) // a.jobs)
         with ThreadPoolExecutor(a.jobs) as pool:

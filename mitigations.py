@@ -92,6 +92,13 @@ def best_so_far(val_names, start, cfg):
 KL_WINDOW = 10  # steps in the KL alarm's mean: one step's KL, over 16 prompts, is noisy
 
 
+def kl_mean(rows):
+    """What --kl_alarm compares with its threshold: the mean KL to the start model over the last KL_WINDOW
+    metrics rows; None until that many rows have a KL."""
+    kls = [r["kl"] for r in rows[-KL_WINDOW:] if r.get("kl") is not None]
+    return sum(kls) / KL_WINDOW if len(kls) == KL_WINDOW else None
+
+
 def collapse_alarm(metrics, cfg):
     """The label-free alarms: a reason to stop, else None. --collapse_alarm: a share of at least this of the
     step's prompts get one same majority answer (the paper's collapse signature, which comes late). --kl_alarm:
@@ -103,8 +110,8 @@ def collapse_alarm(metrics, cfg):
                 f"(reward {metrics['reward']:.2f})")
     if cfg.kl_alarm:
         with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
-            kls = [r["kl"] for r in map(json.loads, f.readlines()[-KL_WINDOW:]) if r.get("kl") is not None]
-        if len(kls) == KL_WINDOW and sum(kls) / KL_WINDOW > cfg.kl_alarm:
-            return (f"KL alarm: KL to the start model {sum(kls) / KL_WINDOW:.3f} over the last {KL_WINDOW} steps "
+            kl = kl_mean([json.loads(line) for line in f.readlines()[-KL_WINDOW:]])
+        if kl is not None and kl > cfg.kl_alarm:
+            return (f"KL alarm: KL to the start model {kl:.3f} over the last {KL_WINDOW} steps "
                     f"> {cfg.kl_alarm:g} (reward {metrics['reward']:.2f})")
     return None
