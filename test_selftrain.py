@@ -524,6 +524,37 @@ def test_eval_refuses_bad_flags_and_bad_data_before_the_model_loads(tmp_path, mo
         evaluation.main(["--model", WARM, "--data", "math5000"])  # the data is read before the model
 
 
+def test_every_link_in_the_docs_resolves():
+    """Every relative link and #anchor in README.md and docs/ points at a file and a heading that exist (GitHub's
+    heading anchors)."""
+    import re
+
+    def anchors(path):
+        found, seen, fenced = set(), {}, False
+        for line in open(path, encoding="utf-8"):
+            fenced ^= line.lstrip().startswith("```")
+            if fenced or not line.startswith("#"):
+                continue
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", line.lstrip("#").strip().replace("`", ""))
+            slug = re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
+            found.add(slug if slug not in seen else f"{slug}-{seen[slug]}")
+            seen[slug] = seen.get(slug, 0) + 1
+        return found
+    pages = ["README.md", *sorted(glob.glob(os.path.join(HERE, "docs", "*.md"))), *glob.glob(os.path.join(HERE, "*", "README.md"))]
+    bad, n = [], 0
+    for page in [os.path.join(HERE, p) for p in pages]:
+        text = re.sub(r"```.*?```", "", open(page, encoding="utf-8").read(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            n += 1
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(full) or (anchor and full.endswith(".md") and anchor not in anchors(full)):
+                bad.append(f"{os.path.relpath(page, HERE)}: {target}")
+    assert n > 30 and not bad, bad
+
+
 # ----------------------------------------------------------------------------------- the loop, end to end
 
 def run(tmp_path, name, **kw):
