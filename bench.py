@@ -39,6 +39,7 @@ import warnings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import runtime  # noqa: F401 (first: it sets the CPU threads' waiting before torch loads OpenMP)
 import torch
 import transformers
 

@@ -11,6 +11,7 @@ pass@k: a problem counts if any of its k samples is right.
 import argparse
 import json
 
+import runtime  # noqa: F401 (first: it sets the CPU threads' waiting before torch loads OpenMP)
 import torch
 from tqdm import tqdm
 

@@ -4,13 +4,24 @@ Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, C
 what each step logs to metrics.jsonl and wandb, and checkpoints with exact resume: save_pretrained folders
 plus optimizer, step and RNG state, written atomically and rotated.
 """
-import argparse
+import os
+
+# CPU threads. torch's OpenMP threads wait for the next parallel region by spinning before they sleep: ~300,000
+# rounds in libgomp (Linux), 200 ms in libomp and Intel's OpenMP (macOS, Windows). On cores that another process
+# also uses, a spinning thread burns the time slice that the thread it waits for needs, and every step slows
+# down: on 2 cores beside one busy process, a --tiny step took 2.1x as long with 2 threads as with 1. A short
+# spin keeps the quiet speed (docs/testbed.md, "CPU threads"). OpenMP reads these once, when torch loads it, so
+# every entry point (selftrain.py, eval.py, bench.py, the tests) imports this file before torch. A value the
+# user set wins; OMP_NUM_THREADS is left alone.
+if not {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME"} & set(os.environ):
+    os.environ.update(GOMP_SPINCOUNT="1000", KMP_BLOCKTIME="0")
+
+import argparse  # noqa: E402 (below: the threads' settings must come before torch)
 import ast
 import inspect
 import io
 import json
 import math
-import os
 import random
 import re
 import shutil

@@ -21,6 +21,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, fields
 
+import runtime  # noqa: F401 (first: it sets the CPU threads' waiting before torch loads OpenMP)
 import torch
 from tqdm import tqdm
 

@@ -8,6 +8,8 @@ import os
 import time
 
 import pytest
+
+import runtime  # first, as in every entry point: it sets the CPU threads' waiting before torch loads OpenMP
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -16,7 +18,6 @@ import data
 import eval as evaluation
 import grader
 import mitigations
-import runtime
 import selftrain
 import tiny as testbed
 from grader import normalize_answer, vote_classes
@@ -553,6 +554,30 @@ def test_every_link_in_the_docs_resolves():
             if not os.path.exists(full) or (anchor and full.endswith(".md") and anchor not in anchors(full)):
                 bad.append(f"{os.path.relpath(page, HERE)}: {target}")
     assert n > 30 and not bad, bad
+
+
+def test_cpu_threads_wait_briefly_in_every_entry_point_and_a_users_setting_wins():
+    """OpenMP reads how its idle threads wait once, when torch loads it; a long spin makes every step several
+    times slower beside one busy process (docs/testbed.md). So each entry point must have set it by its first
+    torch import, and never over a value the user chose. A watcher stops each import at torch, so no torch loads."""
+    import subprocess
+    import sys
+    probe = ("import os, sys\n"
+             "class Watch:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch':\n"
+             "            print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'), flush=True)\n"
+             "            raise ImportError('stop here')\n"
+             "sys.meta_path.insert(0, Watch())\n"
+             "try:\n    import {}\nexcept ImportError:\n    pass\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    for module, env, expected in [("selftrain", clean, "1000 0"), ("eval", clean, "1000 0"), ("bench", clean, "1000 0"),
+                                  ("test_selftrain", clean, "1000 0"),
+                                  ("selftrain", {**clean, "OMP_WAIT_POLICY": "ACTIVE"}, "None None"),
+                                  ("selftrain", {**clean, "GOMP_SPINCOUNT": "5"}, "5 None")]:
+        out = subprocess.run([sys.executable, "-c", probe.format(module)], cwd=HERE, env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.stdout.splitlines()[:1] == [expected], (module, out.stdout, out.stderr[-500:])
 
 
 # ----------------------------------------------------------------------------------- the loop, end to end
