@@ -147,29 +147,56 @@ def benchmark_path(name, data_dir=""):
     return None
 
 
+def resolve(name, data_dir=""):
+    """Where an eval-set name loads from -> ('tiny', rows) for the testbed's sets, ('file', path) for a local
+    copy or file, ('hub', (hub id, config, split)). <data_dir>/<name>.jsonl comes first, then the shipped copy,
+    then the hub. An unknown name is refused."""
+    if name in tiny.TASKS:
+        return "tiny", tiny.tiny_heldout(task=name)
+    if name.endswith("-val") and name[:-4] in tiny.TASKS:
+        return "tiny", tiny.tiny_validation(name[:-4])
+    if path := benchmark_path(name, data_dir):
+        return "file", path
+    if name in BENCHMARKS:
+        return "hub", BENCHMARKS[name]
+    if name.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(name):
+        return "file", name
+    if "/" in name:
+        return "hub", (name, None, "train")
+    raise SystemExit(f"unknown eval set '{name}': use a benchmark name ({', '.join(BENCHMARKS)}), 'tiny', "
+                     f"a .jsonl/.json/.parquet file or a hub id (owner/name)"
+                     + (f"; {data_dir}/{name}.jsonl does not exist" if data_dir else ""))
+
+
+def eval_names(spec):
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def load_eval_sets(spec, data_dir="", limit=0):
-    """'math500,aime24' or file paths or 'tiny' -> {name: rows}. A benchmark name reads <data_dir>/<name>.jsonl,
-    else benchmarks/<name>.jsonl, else the hub. 'tiny' and 'tiny-val' are the testbed's held-out and
-    validation problems ('tiny-spread' and 'tiny-spread-val' for its task with easy and hard problems)."""
+    """'math500,aime24' or file paths or 'tiny' -> {name: rows} (resolve says where each name loads from). 'tiny'
+    and 'tiny-val' are the testbed's held-out and validation problems ('tiny-spread' and 'tiny-spread-val' for its
+    task with easy and hard problems)."""
     sets = {}
-    for name in [s.strip() for s in spec.split(",") if s.strip()]:
-        if name in tiny.TASKS:
-            rows = tiny.tiny_heldout(task=name)
-        elif name.endswith("-val") and name[:-4] in tiny.TASKS:
-            rows = tiny.tiny_validation(name[:-4])
-        elif path := benchmark_path(name, data_dir):
-            rows = load_rows(path)
-        elif name in BENCHMARKS:
-            hub_id, config, split = BENCHMARKS[name]
-            rows = load_rows(hub_id, config, split)
-        elif "/" in name or name.endswith((".jsonl", ".json", ".parquet")) or os.path.exists(name):
-            rows = load_rows(name)  # a file or a hub id (owner/name)
-        else:
-            raise SystemExit(f"unknown eval set '{name}': use a benchmark name ({', '.join(BENCHMARKS)}), 'tiny', "
-                             f"a .jsonl/.json/.parquet file or a hub id (owner/name)"
-                             + (f"; {data_dir}/{name}.jsonl does not exist" if data_dir else ""))
+    for name in eval_names(spec):
+        kind, where = resolve(name, data_dir)
+        rows = where if kind == "tiny" else load_rows(where) if kind == "file" else load_rows(*where)
         sets[os.path.basename(name).split(".")[0]] = rows[:limit] if limit else rows
     return sets
+
+
+def hub_sets(spec, data_dir=""):
+    """[(name, hub id)] of the eval sets in spec that load from the hub."""
+    return [(name, where[0]) for name in eval_names(spec) for kind, where in [resolve(name, data_dir)] if kind == "hub"]
+
+
+def hub_datasets(cfg):
+    """The hub datasets a run would load, as (flag, name given, hub id), so that they are looked up before
+    anything loads (runtime.check_source)."""
+    out = [(flag, name, hub_id) for flag in ("eval_data", "val_data")
+           for name, hub_id in hub_sets(getattr(cfg, flag), cfg.data_dir)]
+    if cfg.ttt or cfg.train_data in tiny.TASKS or os.path.exists(cfg.train_data):
+        return out
+    return out + [("train_data", cfg.train_data, MATH_HUB if cfg.train_data == "math12k" else cfg.train_data)]
 
 
 def math12k(need_answer=False):

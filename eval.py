@@ -10,15 +10,17 @@ pass@k: a problem counts if any of its k samples is right.
 """
 import argparse
 import json
+import os
 
 import runtime  # noqa: F401 (first: it sets the CPU threads' waiting before torch loads OpenMP)
 import torch
 from tqdm import tqdm
 
-from data import load_eval_sets, mean_by_level
+from data import hub_sets, load_eval_sets, mean_by_level
 from model import encode_prompts, load_model, rollout
 from rewards import extract_answer, is_equiv, label_and_reward
-from runtime import AT_LEAST_0, AT_LEAST_1, check_device, check_path, check_values, one_line_error
+from runtime import (AT_LEAST_0, AT_LEAST_1, HelpFormatter, check_device, check_path, check_source, check_values,
+                     one_line_error, parse_bool, quiet_transformers_bars)
 
 # What each numeric flag allows (runtime.check_values refuses the rest in one line).
 ALLOWED_HERE = {"k": AT_LEAST_1, "max_new_tokens": AT_LEAST_1, "max_prompt_tokens": AT_LEAST_1, "chunk": AT_LEAST_1,
@@ -60,7 +62,8 @@ def evaluate_sets(model, tokenizer, sets, **kw):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter,
+                                usage="python eval.py --model MODEL [--flag value ...]")
     p.error = one_line_error
     p.add_argument("--model", required=True, help="hub id, local save_pretrained folder or .gguf file")
     p.add_argument("--data", default="math500,amc23,aime24,aime25",
@@ -71,21 +74,28 @@ def main(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=3072, help="response length limit")
     p.add_argument("--max_prompt_tokens", type=int, default=1024, help="longer prompts are skipped and counted")
     p.add_argument("--limit", type=int, default=0, help="at most this many problems per set (0: all)")
-    p.add_argument("--chunk", type=int, default=256, help="sequences per generate call")
+    p.add_argument("--chunk", type=int, default=256, help="sequences per generate call (the draws depend on it)")
     p.add_argument("--device", default="auto", help="'cuda', 'cpu' or 'auto'")
+    p.add_argument("--amp", type=parse_bool, default=None, help="bf16 autocast (empty: on with CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     a = p.parse_args(argv)
+    a.model, a.data_dir = os.path.expanduser(a.model), os.path.expanduser(a.data_dir)
     types = {k: float if k == "temperature" else int for k in ALLOWED_HERE}
     check_values({k: getattr(a, k) for k in ALLOWED_HERE}, types, ALLOWED_HERE)
     check_device(a.device)
     check_path("model", a.model)
     check_path("data_dir", a.data_dir, local=True)
+    check_source("model", a.model)  # a local folder, or a hub id looked up in seconds
+    for name, hub_id in hub_sets(a.data, a.data_dir):
+        check_source("data", name, "dataset", hub_id)
+    quiet_transformers_bars()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    torch.manual_seed(a.seed)
     sets = load_eval_sets(a.data, a.data_dir, a.limit)  # the data first: a bad row costs no model load
     model, tokenizer = load_model(a.model, device)
+    torch.manual_seed(a.seed)  # after loading, so the samples depend on the seed alone (as selftrain's evals)
     results = evaluate_sets(model, tokenizer, sets, k=a.k, max_new_tokens=a.max_new_tokens,
-                            temperature=a.temperature, chunk=a.chunk, amp=device.startswith("cuda"),
+                            temperature=a.temperature, chunk=a.chunk,
+                            amp=device.startswith("cuda") if a.amp is None else a.amp,
                             max_prompt_tokens=a.max_prompt_tokens)
     for name, r in results.items():
         print(f"{name:>10}: n={r['n']} avg@{a.k} {r['avg']:.3f} maj@{a.k} {r['maj']:.3f} pass@{a.k} "

@@ -19,6 +19,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from plot import draw, read_jsonl, read_run
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 OUT = os.path.join(ROOT, "out-mini")
 FIGS = os.path.join(ROOT, "figures")
@@ -123,10 +125,9 @@ def read(name):
     out = os.path.join(OUT, name)
     if not finished(name):
         return None
-    lines = lambda f: [json.loads(l) for l in open(os.path.join(out, f))] if os.path.exists(os.path.join(out, f)) else []
-    evals = {e["step"]: {**e[EVAL], **({"val": e[VAL]["avg"]} if VAL in e else {})}
-             for e in lines("eval.jsonl")}  # a resumed run may repeat a step: keep the last
-    return [{"step": s, **evals[s]} for s in sorted(evals)], lines("metrics.jsonl")
+    evals = [{"step": e["step"], **e[EVAL], **({"val": e[VAL]["avg"]} if VAL in e else {})}
+             for e in read_jsonl(os.path.join(out, "eval.jsonl"))]
+    return evals, read_jsonl(os.path.join(out, "metrics.jsonl"))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -358,48 +359,18 @@ def hard_first(r, windows=((1, 20), (21, 40), (41, 60), (81, 100), (141, 160))):
 
 
 def figures(r):
-    import matplotlib
-    matplotlib.use("Agg")
+    """The suite's two figures, drawn as `python plot.py` draws any run (one colour per run; gold runs dashed)."""
     import matplotlib.pyplot as plt
     os.makedirs(FIGS, exist_ok=True)
-    panels = [("held-out avg@8", "eval", "avg"), ("held-out maj@8", "eval", "maj"),
-              ("pseudo-reward (gold runs: true reward)", "metrics", "reward"), ("pseudo-label accuracy", "metrics", "label_acc"),
-              ("KL to start model", "metrics", "kl"), ("entropy", "metrics", "entropy")]
-
-    def plot(groups, path, title):
-        fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-        for ax, (label, src, key) in zip(axes.flat, panels):
-            for name, style in groups:
-                if not r.get(name):
-                    continue
-                ev, me = r[name]
-                pts = [(x["step"], x.get(key)) for x in (ev if src == "eval" else me) if x.get(key) is not None]
-                if pts:
-                    xs, ys = zip(*pts)
-                    if src == "metrics":                    # per-step metrics are noisy: a running mean of 5
-                        ys = [statistics.mean(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
-                    ax.plot(xs, ys, label=name, **style)
-            if key == "kl":
-                ax.set_yscale("log")
-                ax.axhline(ALARM_KL, color="gray", linestyle="--", linewidth=1)
-            ax.set_title(label)
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-        if axes.flat[0].get_legend_handles_labels()[0]:
-            axes.flat[0].legend(fontsize=8)
-        fig.suptitle(title)
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-
-    seeds = [(f"srt-s{s}", {"color": "C0", "alpha": 1 - 0.25 * s}) for s in SEEDS] + \
-            [(f"gold-s{s}", {"color": "C1", "alpha": 1 - 0.25 * s}) for s in SEEDS] + [("offline-s0", {"color": "C2"})]
-    plot(seeds, os.path.join(FIGS, "srt_vs_gold.png"),
-         f"Claims 1-3, 6: SRT (no labels) vs RL with gold labels vs offline labels, lr {LR}")
-    plot([(f"collapse-s{s}", {"color": "C3", "alpha": 1 - 0.25 * s}) for s in SEEDS] +
-         [("collapse-gold-s0", {"color": "C1"})] + [(n, {"color": f"C{i + 4}"}) for i, n in enumerate(MITIGATIONS)],
-         os.path.join(FIGS, "collapse.png"),
-         f"Claims 4-5: prolonged SRT collapses at lr {COLLAPSE_LR}, gold RL does not; mitigations (KL: alarm at {ALARM_KL})")
+    dashed = lambda name: {"linestyle": "--"} if "gold" in name else {}
+    runs = lambda names: [(n, read_run(os.path.join(OUT, n)), dashed(n)) for n in names if r.get(n)]
+    plt.close(draw(runs([f"srt-s{s}" for s in SEEDS] + [f"gold-s{s}" for s in SEEDS] + ["offline-s0"]),
+                   os.path.join(FIGS, "srt_vs_gold.png"),
+                   f"Claims 1-3, 6: SRT (no labels) vs RL with gold labels (dashed) vs offline labels, lr {LR}"))
+    plt.close(draw(runs([f"collapse-s{s}" for s in SEEDS] + ["collapse-gold-s0"] + list(MITIGATIONS)),
+                   os.path.join(FIGS, "collapse.png"),
+                   f"Claims 4-5: prolonged SRT collapses at lr {COLLAPSE_LR}, gold RL (dashed) does not; mitigations",
+                   refs=[("kl", ALARM_KL, f"the alarm replayed on every run: 10-step mean > {ALARM_KL}")]))
 
 
 def table(rows, r):

@@ -1,8 +1,10 @@
 """Run machinery: what a run of hours needs and the method does not (docs/faults.md).
 
-Steps that must not update (NaN/inf, no learning signal), out-of-memory hints, Ctrl-C/SIGTERM, held-out evals,
-what each step logs to metrics.jsonl and wandb, and checkpoints with exact resume: save_pretrained folders
-plus optimizer, step and RNG state, written atomically and rotated.
+CPU threads that hold up on busy cores, the command line and its checks (bad flags, a missing GPU, model or
+dataset refused in one line, in seconds), steps that must not update (NaN/inf, no learning signal),
+out-of-memory hints, Ctrl-C/SIGTERM, held-out evals, what each step logs to metrics.jsonl and wandb,
+checkpoints with exact resume (save_pretrained folders plus optimizer, step and RNG state, written atomically
+and rotated), and where a run's results went.
 """
 import os
 
@@ -29,7 +31,7 @@ import signal
 import threading
 import tokenize
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import torch
 from tqdm import tqdm
@@ -55,6 +57,41 @@ def parse_bool(s):
     if s.lower() in ("0", "false", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got '{s}'")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with every flag's default, and booleans shown bare (`--amp`, not `--amp [AMP]`): `--amp` alone
+    means true, and `--amp false` parses as ever."""
+
+    def _format_action_invocation(self, action):
+        return action.option_strings[0] if action.nargs == "?" else super()._format_action_invocation(action)
+
+    def _get_help_string(self, action):
+        d = action.default
+        if d is argparse.SUPPRESS or action.help is None:
+            return action.help
+        shown = str(d).lower() if isinstance(d, bool) else (d if d != "" else "''")
+        return f"{action.help} [default: {str(shown).replace('%', '%%')}]"
+
+
+def parse_flags(cls, argv, description, tiny_defaults):
+    """A dataclass's fields as flags (the comment after each field is its help) -> an instance. `--tiny` first
+    applies the testbed's defaults, so `--tiny --help` shows those."""
+    argv = os.sys.argv[1:] if argv is None else argv
+    tiny = "--tiny" in argv
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=lambda prog: HelpFormatter(prog, max_help_position=30),
+        usage="python selftrain.py [--tiny] [--flag value ...]",
+        epilog="Defaults shown are " + ("the testbed's (--tiny)." if tiny else
+                                         "the one-GPU recipe's; python selftrain.py --tiny --help shows the testbed's."))
+    parser.error, docs = one_line_error, field_docs(cls)
+    for f in fields(cls):
+        kind = (dict(type=parse_bool, nargs="?", const=True) if f.type is bool else
+                dict(type=f.type, metavar={int: "N", float: "X", str: "TEXT"}[f.type]))
+        parser.add_argument(f"--{f.name}", default=f.default, help=docs[f.name].replace("%", "%%"), **kind)
+    if tiny:
+        parser.set_defaults(**tiny_defaults)
+    return cls(**vars(parser.parse_args(argv)))
 
 
 AT_LEAST_0, AT_LEAST_1 = ("an integer >= 0", lambda v: v >= 0), ("an integer >= 1", lambda v: v >= 1)
@@ -88,14 +125,6 @@ def check_values(values, types, allowed):
             raise SystemExit(f"--{name} {value}: expected {what}")
 
 
-def check_path(flag, path, local=False):
-    """A flag that names a local file or folder (or, local, always one) must name one that exists; hub ids
-    are checked when they load."""
-    if path and (local or path.endswith((".gguf", ".jsonl", ".json", ".parquet")) or path.startswith((".", "/"))) \
-            and not os.path.exists(path):
-        raise SystemExit(f"--{flag} {path}: no such file or folder")
-
-
 def one_line_error(message):
     """argparse.ArgumentParser.error, in one line (argparse prints its whole usage block first)."""
     raise SystemExit(f"error: {message} (--help lists every flag)")
@@ -107,6 +136,128 @@ def check_device(device):
         raise SystemExit(f"--device {device}: expected auto, cpu, cuda or cuda:N")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {device}: this machine has no CUDA device (torch {torch.__version__})")
+
+
+CHOICES = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
+           "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
+           "loss_agg": ("token-mean", "seq-mean", "constant")}
+PATH_FLAGS = ("model", "train_data", "eval_data", "val_data", "data_dir", "out_dir")  # where ~ expands
+
+
+def check_config(cfg):
+    """Stop, in one line, before any model or data is loaded, when a flag is out of range (ALLOWED), misspelt
+    (CHOICES), names a missing local path, or contradicts another. Expands ~ in the path flags."""
+    for flag in PATH_FLAGS:
+        setattr(cfg, flag, ",".join(os.path.expanduser(p) for p in getattr(cfg, flag).split(",")))
+    check_values(asdict(cfg), {f.name: f.type for f in fields(cfg)}, ALLOWED)
+    check_device(cfg.device)
+    for name, ok in CHOICES.items():
+        if getattr(cfg, name) not in ok:
+            raise SystemExit(f"--{name} {getattr(cfg, name)}: expected one of {' | '.join(ok)}")
+    if cfg.label != "majority" and (cfg.reward_shape != "binary" or cfg.min_majority_share > 0):
+        raise SystemExit("--reward_shape soft and --min_majority_share are SRT knobs: they need --label majority")
+    if cfg.votes_per_prompt and cfg.votes_per_prompt < cfg.samples_per_prompt:
+        raise SystemExit(f"--votes_per_prompt {cfg.votes_per_prompt} < --samples_per_prompt "
+                         f"{cfg.samples_per_prompt}: the trained responses are a subset of the voters")
+    if cfg.minibatches > cfg.prompts_per_step * cfg.samples_per_prompt:
+        raise SystemExit(f"--minibatches {cfg.minibatches}: expected at most --prompts_per_step x --samples_per_prompt "
+                         f"= {cfg.prompts_per_step * cfg.samples_per_prompt} (one rollout per minibatch)")
+    if cfg.kl_alarm and not (cfg.kl_coef > 0 or cfg.watch_kl):
+        raise SystemExit("--kl_alarm needs the KL to the start model: --kl_coef > 0 or --watch_kl true")
+    if cfg.early_stop and not cfg.val_data:
+        raise SystemExit(f"--early_stop {cfg.early_stop} needs a labelled hold-out: --val_data")
+    for flag in ("model", "train_data"):
+        check_path(flag, getattr(cfg, flag))
+    check_path("data_dir", cfg.data_dir, local=True)
+    if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
+        print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
+              "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
+
+
+def check_machine(cfg):
+    """After the flag checks, before anything loads or downloads: the one-GPU recipe needs a GPU, and every model
+    and dataset the run names must be a local path or a hub id that exists, asked in seconds (check_source)."""
+    import data
+    import tiny
+    if cfg.device == "auto" and not torch.cuda.is_available() and not cfg.tiny:
+        raise SystemExit(f"no CUDA device here, and python selftrain.py is the one-GPU recipe ({cfg.model}): "
+                         "python selftrain.py --tiny is the CPU run, offline in minutes; --device cpu trains "
+                         "the named model on the CPU anyway (slowly)")
+    if cfg.model not in tiny.TASKS:
+        check_source("model", cfg.model, "model")
+    for flag, name, hub_id in data.hub_datasets(cfg):
+        check_source(flag, name, "dataset", hub_id)
+    quiet_transformers_bars()
+
+
+FILE_TYPES = (".gguf", ".jsonl", ".json", ".parquet")
+
+
+def check_path(flag, path, local=False):
+    """A flag that names a local file or folder (or, local, always one) must name one that exists; hub ids
+    are checked by check_source."""
+    if path and (local or path.endswith(FILE_TYPES) or path.startswith((".", "/"))) and not os.path.exists(path):
+        raise SystemExit(f"--{flag} {path}: no such file or folder")
+
+
+HUB_ID = re.compile(r"(?:[\w.-]+/)?[\w.-]+")  # 'gpt2', 'Qwen/Qwen2.5-Math-1.5B'
+HUB_WAIT_S = 8  # the longest a hub look-up may take before the run is refused
+
+
+def check_source(flag, name, kind="model", hub_id=None):
+    """A model or dataset must be a local path that exists or a hub id the hub has (hub_id: the one a short
+    name such as math12k loads). Refused in one line, in seconds: a two-part name such as out/ckpt is both a
+    folder and a hub id, so the line says both."""
+    hub_id = hub_id or name
+    if hub_id == name and os.path.exists(name):
+        return
+    if hub_id == name and (name.startswith((".", "/")) or name.endswith(FILE_TYPES) or not HUB_ID.fullmatch(name)):
+        raise SystemExit(f"--{flag} {name}: no such file or folder")
+    why = hub_lookup(hub_id, kind)
+    if why:
+        what = (f"no {'folder' if kind == 'model' else 'file or folder'} '{name}', and " if hub_id == name
+                else f"it loads the hub {kind} {hub_id}, and ")
+        raise SystemExit(f"--{flag} {name}: {what}{why}")
+
+
+def hub_lookup(repo_id, kind):
+    """Why the hub cannot give `kind` ('model' or 'dataset') repo_id, or None when it can (or the repo is gated,
+    which the loader explains). With HF_HUB_OFFLINE only the local caches count; otherwise one request, given up
+    after HUB_WAIT_S, instead of the loaders' minutes of retries against a hub that cannot be reached."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    if constants.HF_HUB_OFFLINE:
+        caches = [os.path.join(constants.HF_HUB_CACHE, f"{kind}s--" + repo_id.replace("/", "--"))]
+        if kind == "dataset":  # datasets keeps a cache of its own too
+            caches.append(os.path.join(os.environ.get("HF_DATASETS_CACHE", os.path.join(constants.HF_HOME, "datasets")),
+                                       repo_id.replace("/", "___")))
+        if any(os.path.isdir(c) for c in caches):
+            return None
+        return f"no hub {kind} of that name in the local cache: offline (HF_HUB_OFFLINE is set)"
+    answer = {}
+
+    def ask():
+        try:
+            getattr(HfApi(), f"{kind}_info")(repo_id, timeout=HUB_WAIT_S)
+        except GatedRepoError:
+            pass
+        except RepositoryNotFoundError:
+            answer["why"] = f"no hub {kind} of that name (a private one needs `hf auth login`)"
+        except Exception as e:  # no network, no DNS, a proxy, a hub error
+            answer["why"] = (f"the hub could not be reached to look for one: offline "
+                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})")
+
+    asker = threading.Thread(target=ask, daemon=True)  # a stuck DNS look-up ignores the request's timeout
+    asker.start()
+    asker.join(HUB_WAIT_S)
+    return f"the hub did not answer in {HUB_WAIT_S} s: offline" if asker.is_alive() else answer.get("why")
+
+
+def quiet_transformers_bars():
+    """Silence transformers' own progress bars ('Loading weights', 'Writing model shards'), which would clutter
+    every checkpoint; the hub's download bars are huggingface_hub's and stay."""
+    from transformers.utils import logging
+    logging.set_tqdm_hook(lambda factory, args, kwargs: logging.EmptyTqdm(*args, **kwargs))
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -211,13 +362,16 @@ def log_row(cfg, file, row, wb, prefix=""):
 # Held-out evals and what each step logs
 
 
+EVAL_SEED = 12_345  # every held-out eval samples from torch.manual_seed(seed + this)
+
+
 def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
     """avg@k and maj@k on the held-out (and validation) sets, logged to eval.jsonl. Sampled from a random
     stream of its own, the same at every eval: evals never shift the training draws (a run with more evals
     trains identically), and every run of a seed scores its start model identically."""
     import eval as evaluation  # here, not at the top: eval.py imports this file for its flag checks
     with oom_hint("generation", cfg), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed + 12_345)
+        torch.manual_seed(cfg.seed + EVAL_SEED)
         results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
                                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                            chunk=cfg.gen_chunk, amp=cfg.amp, max_prompt_tokens=cfg.max_prompt_tokens)
@@ -245,12 +399,55 @@ def step_metrics(step, cfg, R, outs, groups, train_outs, label_stats, stats, tim
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def print_gains(first, last, k):
-    """The held-out change from the start model to the last eval, one line per set."""
+def print_results(cfg, first, last, step):
+    """The end of a run: the held-out change from the start model to the last eval, one line per set, then
+    where the results are and the commands to run next, each working from what this run wrote."""
+    k, out = cfg.eval_samples, cfg.out_dir
     for name in last if first and last else []:
         a, b = first[name], last[name]
         print(f"{name}: avg@{k} {a['avg']:.3f} -> {b['avg']:.3f} ({100 * (b['avg'] - a['avg']):+.1f} pts)"
               f" | maj@{k} {a['maj']:.3f} -> {b['maj']:.3f}")
+    ckpt = os.path.join(out, "ckpt")
+    best = os.path.join(out, "best")
+    print(f"\nresults in {out}/: ckpt/ (the weights at step {step}; --resume continues from it)"
+          + (", best/ (the best on --val_data)" if os.path.isdir(best) else "")
+          + ", metrics.jsonl (a row per step), eval.jsonl (a row per held-out eval), config.json\nnext:")
+    from data import eval_names
+    flags = dict(model=ckpt, data=",".join(eval_names(cfg.eval_data) + eval_names(cfg.val_data)), k=k, max_new_tokens=cfg.max_new_tokens,
+                 max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, limit=cfg.eval_limit,
+                 data_dir=cfg.data_dir, chunk=cfg.gen_chunk, device=cfg.device, amp=cfg.amp, seed=cfg.seed + EVAL_SEED)
+    commands = [(command("eval.py", flags), f"step {step}'s held-out eval again, the same samples" if last else
+                 "evaluate the checkpoint"), (command("plot.py", {}, [out]), f"draw the run: {out}/curves.png")]
+    if cfg.label == "majority":
+        gold = f"{out.rstrip('/')}-gold"
+        with open(os.path.join(out, "config.json")) as f:  # the flags as given: load_data may point --model elsewhere
+            given = json.load(f)
+        commands += [(command("selftrain.py", {**run_flags(given, type(cfg)), "label": "gold", "out_dir": gold}),
+                      "the same run with the true answers (RL), to compare"),
+                     (command("plot.py", {}, [out, gold]), "both runs in one figure")]
+    for cmd, why in commands:
+        print(f"  {cmd}    # {why}")
+
+
+def run_flags(config, cls):
+    """{flag: value} of a run's config.json that differ from the defaults it started from (cls's, or the
+    testbed's with --tiny), --tiny first."""
+    import tiny
+    base = {**asdict(cls()), **(tiny.DEFAULTS if config.get("tiny") else {})}
+    changed = {k: v for k, v in config.items() if v != base.get(k) and k != "resume"}
+    return dict(sorted(changed.items(), key=lambda kv: kv[0] != "tiny"))
+
+
+def command(script, flags, args=()):
+    """A shell command line: python script args --flag value ... ('' and 0 for --limit are left out; a boolean
+    that is true and needs no value, --tiny, stands alone)."""
+    import shlex
+    words = ["python", script, *args]
+    for k, v in flags.items():
+        if v == "" or (k == "limit" and v == 0):
+            continue
+        words += [f"--{k}"] if (k == "tiny" and v is True) else [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -326,6 +523,26 @@ def load_checkpoint(opt, path):
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     return state["step"]
+
+
+@contextmanager
+def run_folder(cfg):
+    """Make out_dir and write its config.json for the block that sets a run up; if the block raises (bad data,
+    a model that will not load, Ctrl-C), remove what this made, parent folders included: a run refused before
+    it trains leaves nothing behind. A folder that was there before (a --resume folder, one the user made) stays."""
+    top = os.path.abspath(cfg.out_dir)
+    while not os.path.exists(os.path.dirname(top)):
+        top = os.path.dirname(top)
+    made = None if os.path.exists(top) else top
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    try:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1)
+        yield
+    except BaseException:
+        if made:
+            shutil.rmtree(made, ignore_errors=True)
+        raise
 
 
 def truncate_logs(out_dir, step):

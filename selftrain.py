@@ -12,14 +12,12 @@ arXiv 2505.21444). Each step, in the order of the paper's Algorithm 1:
 `python selftrain.py` runs the paper's recipe on one CUDA GPU; `python selftrain.py --tiny` the offline CPU
 testbed (tiny.py). Every Config field is a flag; docs/knobs.md says where each default comes from.
 """
-import argparse
 import functools
-import json
 import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import runtime  # noqa: F401 (first: it sets the CPU threads' waiting before torch loads OpenMP)
 import torch
@@ -30,10 +28,9 @@ from data import load_eval_sets, load_train_rows, mean_by_level
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
 from model import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
-from runtime import (ALLOWED, catch_stop_signals, check_device, check_path, check_values, checkpoint_to_resume,
-                     field_docs, halt_reason, held_out_eval, load_checkpoint, log_row, no_update, one_line_error,
-                     oom_hint, open_wandb, parse_bool, print_gains, progress, save_checkpoint, skip_reason,
-                     step_metrics, truncate_logs)
+from runtime import (catch_stop_signals, check_config, check_machine, checkpoint_to_resume, halt_reason,
+                     held_out_eval, load_checkpoint, log_row, no_update, oom_hint, open_wandb, parse_flags,
+                     print_results, progress, run_folder, save_checkpoint, skip_reason, step_metrics, truncate_logs)
 
 
 @dataclass
@@ -106,46 +103,8 @@ class Config:
 
 
 def parse_config(argv=None):
-    """Every Config field is a flag; --tiny first applies the testbed's defaults (tiny.DEFAULTS)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.error, docs = one_line_error, field_docs(Config)
-    for f in fields(Config):
-        kind = dict(type=parse_bool, nargs="?", const=True) if f.type is bool else dict(type=f.type)
-        parser.add_argument(f"--{f.name}", default=f.default, help=docs[f.name].replace("%", "%%"), **kind)
-    if "--tiny" in (argv if argv is not None else os.sys.argv[1:]):
-        parser.set_defaults(**tiny.DEFAULTS)
-    return Config(**vars(parser.parse_args(argv)))
-
-
-def check_config(cfg):
-    """Stop, in one line, before any model or data is loaded, when a flag is out of range (runtime.ALLOWED),
-    misspelt, names a missing path, or contradicts another."""
-    check_values(asdict(cfg), {f.name: f.type for f in fields(Config)}, ALLOWED)
-    check_device(cfg.device)
-    choices = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
-               "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
-               "loss_agg": ("token-mean", "seq-mean", "constant")}
-    for name, ok in choices.items():
-        if getattr(cfg, name) not in ok:
-            raise SystemExit(f"--{name} {getattr(cfg, name)}: expected one of {' | '.join(ok)}")
-    if cfg.label != "majority" and (cfg.reward_shape != "binary" or cfg.min_majority_share > 0):
-        raise SystemExit("--reward_shape soft and --min_majority_share are SRT knobs: they need --label majority")
-    if cfg.votes_per_prompt and cfg.votes_per_prompt < cfg.samples_per_prompt:
-        raise SystemExit(f"--votes_per_prompt {cfg.votes_per_prompt} < --samples_per_prompt "
-                         f"{cfg.samples_per_prompt}: the trained responses are a subset of the voters")
-    if cfg.minibatches > cfg.prompts_per_step * cfg.samples_per_prompt:
-        raise SystemExit(f"--minibatches {cfg.minibatches}: expected at most --prompts_per_step x --samples_per_prompt "
-                         f"= {cfg.prompts_per_step * cfg.samples_per_prompt} (one rollout per minibatch)")
-    if cfg.kl_alarm and not (cfg.kl_coef > 0 or cfg.watch_kl):
-        raise SystemExit("--kl_alarm needs the KL to the start model: --kl_coef > 0 or --watch_kl true")
-    if cfg.early_stop and not cfg.val_data:
-        raise SystemExit(f"--early_stop {cfg.early_stop} needs a labelled hold-out: --val_data")
-    for flag in ("model", "train_data"):
-        check_path(flag, getattr(cfg, flag))
-    check_path("data_dir", cfg.data_dir, local=True)
-    if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
-        print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
-              "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
+    """Every Config field is a flag (runtime.parse_flags); --tiny first applies the testbed's defaults (tiny.DEFAULTS)."""
+    return parse_flags(Config, argv, __doc__, tiny.DEFAULTS)
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -490,24 +449,23 @@ def load_policy(cfg, ckpt, device):
 
 
 def main(cfg):
-    check_config(cfg)
+    check_config(cfg)   # every flag, one line each, before anything loads
+    check_machine(cfg)  # a GPU for the GPU recipe; the model and data exist, locally or on the hub
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # the KV cache grows: less fragmenting
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device)
     start, ckpt = checkpoint_to_resume(cfg)  # (0, None) for a fresh run
     if ckpt and start == cfg.steps:
         print(f"{cfg.out_dir} is at step {start} = --steps already: nothing to do")
         return None
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1)
-    tokenizer, rows, prompt_ids, eval_sets, val = load_data(cfg, ckpt)
-    model, ref_model = load_policy(cfg, ckpt, device)
-    stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
-    if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
-        rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
-    if ckpt:
-        load_checkpoint(opt, ckpt)
+    with run_folder(cfg):  # out_dir with config.json, removed again if the run is refused before it trains
+        tokenizer, rows, prompt_ids, eval_sets, val = load_data(cfg, ckpt)
+        model, ref_model = load_policy(cfg, ckpt, device)
+        stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
+        if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
+            rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        if ckpt:
+            load_checkpoint(opt, ckpt)
     truncate_logs(cfg.out_dir, start)  # rows a crash left past the checkpoint would be logged twice
     wb, (stop, restore_signals) = open_wandb(cfg), catch_stop_signals()  # Ctrl-C/SIGTERM: finish the step, save
     n_params, n = sum(p.numel() for p in model.parameters()), cfg.samples_per_prompt
@@ -580,7 +538,7 @@ def main(cfg):
         evals[step] = evals.get(step) or held_out_eval(model, tokenizer, eval_sets, step, cfg, device, wb)
     if wb is not None:
         wb.finish()
-    print_gains(evals.get(0), evals.get(step) if start < step else None, cfg.eval_samples)
+    print_results(cfg, evals.get(0), evals.get(step) if start < step else None, step)  # and the next commands
     return evals.get(step) if start < step else None
 
 

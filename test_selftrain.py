@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import time
+from dataclasses import fields
 
 import pytest
 
@@ -411,17 +412,31 @@ def test_config_flags_and_tiny_defaults():
     cfg = parse_config([])
     assert cfg.model == "Qwen/Qwen2.5-Math-1.5B" and cfg.lr == 1e-6 and cfg.kl_coef == 0.001
     assert cfg.entropy_coef == 0.001  # the paper's released script leaves verl's default entropy_coeff on
-    assert "majority answer" in selftrain.field_docs(Config)["label"]
+    assert "majority answer" in runtime.field_docs(Config)["label"]
 
 
 def test_help_is_the_first_command_a_newcomer_types(capsys):
-    with pytest.raises(SystemExit) as e:
-        parse_config(["--help"])
-    assert e.value.code == 0
-    out = capsys.readouterr().out
-    for f in selftrain.fields(Config):  # every flag is listed with its one line of help
-        assert f"--{f.name}" in out and selftrain.field_docs(Config)[f.name]
+    def help_text(argv):
+        with pytest.raises(SystemExit) as e:
+            parse_config(argv)
+        assert e.value.code == 0
+        return capsys.readouterr().out
+    out = help_text(["--help"])
+    for f in fields(Config):  # every flag is listed with its one line of help and its default
+        assert f"--{f.name}" in out and runtime.field_docs(Config)[f.name]
+    flat = " ".join(out.split())
+    for f in fields(Config):
+        shown = str(f.default).lower() if f.type is bool else (f.default if f.default != "" else "''")
+        assert f"[default: {shown}]" in flat, f.name
     assert "--early_stop" in out and "Algorithm 1" in out
+    assert out.splitlines()[0] == "usage: python selftrain.py [--tiny] [--flag value ...]"  # not 38 lines of flags
+    assert "[TINY]" not in out and "[AMP]" not in out and "--amp " in out   # booleans stand alone
+    tiny_out = " ".join(help_text(["--tiny", "--help"]).split())  # --tiny changes defaults: its help shows them
+    for name, value in testbed.DEFAULTS.items():
+        assert f"[default: {str(value).lower() if isinstance(value, bool) else value}]" in tiny_out, name
+    assert "[default: 2e-05]" in tiny_out and "[default: out-tiny]" in tiny_out and "testbed's (--tiny)" in tiny_out
+    cfg = parse_config(["--tiny", "--watch_kl", "true", "--amp", "false", "--resume"])  # what the docs type
+    assert cfg.tiny and cfg.watch_kl is True and cfg.amp is False and cfg.resume is True
 
 
 def tracked_files():
@@ -460,7 +475,7 @@ def refuse_to_load(monkeypatch):
 
 def test_every_bad_flag_is_refused_in_one_line_before_anything_loads(tmp_path, monkeypatch):
     refuse_to_load(monkeypatch)
-    numeric = {f.name: f.type for f in selftrain.fields(Config) if f.type in (int, float)}
+    numeric = {f.name: f.type for f in fields(Config) if f.type in (int, float)}
     assert set(numeric) == set(runtime.ALLOWED)  # every numeric flag has a range
     refused = 0
     for name, kind in numeric.items():
@@ -525,6 +540,198 @@ def test_eval_refuses_bad_flags_and_bad_data_before_the_model_loads(tmp_path, mo
         evaluation.main(["--model", WARM, "--data", "math5000"])  # the data is read before the model
 
 
+def test_cpu_threads_wait_briefly_in_every_entry_point_and_a_users_setting_wins():
+    """OpenMP reads how its idle threads wait once, when torch loads it; a long spin makes every step several
+    times slower beside one busy process (docs/testbed.md). So each entry point must have set it by its first
+    torch import, and never over a value the user chose. A watcher stops each import at torch, so no torch loads."""
+    import subprocess
+    import sys
+    probe = ("import os, sys\n"
+             "class Watch:\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name == 'torch':\n"
+             "            print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'), flush=True)\n"
+             "            raise ImportError('stop here')\n"
+             "sys.meta_path.insert(0, Watch())\n"
+             "try:\n    import {}\nexcept ImportError:\n    pass\n")
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
+    for module, env, expected in [("selftrain", clean, "1000 0"), ("eval", clean, "1000 0"), ("bench", clean, "1000 0"),
+                                  ("test_selftrain", clean, "1000 0"),
+                                  ("selftrain", {**clean, "OMP_WAIT_POLICY": "ACTIVE"}, "None None"),
+                                  ("selftrain", {**clean, "GOMP_SPINCOUNT": "5"}, "5 None")]:
+        out = subprocess.run([sys.executable, "-c", probe.format(module)], cwd=HERE, env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.stdout.splitlines()[:1] == [expected], (module, out.stdout, out.stderr[-500:])
+
+
+def refused_quickly(call, message, folder):
+    """call() is refused with one line matching message, in seconds, and leaves folder as it found it."""
+    before = sorted(os.listdir(folder))
+    t0 = time.time()
+    with pytest.raises(SystemExit, match=message) as e:
+        call()
+    assert time.time() - t0 < 10 and "\n" not in str(e.value)
+    assert sorted(os.listdir(folder)) == before
+    return str(e.value)
+
+
+def test_runs_that_cannot_start_fail_fast_in_one_line_and_leave_nothing(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    refuse_to_load(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "no-cache"))  # whatever this machine has cached
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "no-cache"))
+    # the one-GPU recipe on a machine without CUDA: pointed to --tiny and --device cpu before anything loads
+    refused_quickly(lambda: selftrain.main(parse_config([])), r"no CUDA device here.*selftrain.py --tiny is the CPU "
+                    r"run.*--device cpu trains", tmp_path)
+    # out/ckpt is both a folder and a hub id: neither exists, and both are said (the tests run offline)
+    missing = "no folder 'out/ckpt', and no hub model of that name in the local cache: offline"
+    refused_quickly(lambda: selftrain.main(parse_config(["--tiny", "--model", "out/ckpt"])), f"^--model out/ckpt: {missing}",
+                    tmp_path)
+    refused_quickly(lambda: evaluation.main(["--model", "out/ckpt", "--data", "tiny"]), f"^--model out/ckpt: {missing}",
+                    tmp_path)
+    refused_quickly(lambda: selftrain.main(parse_config(["--tiny", "--eval_data", "tiny,nobody/no-such-set"])),
+                    "^--eval_data nobody/no-such-set: no file or folder 'nobody/no-such-set', and no hub dataset of "
+                    "that name in the local cache: offline", tmp_path)
+    refused_quickly(lambda: evaluation.main(["--model", WARM, "--data", "gsm8k"]),
+                    "^--data gsm8k: it loads the hub dataset openai/gsm8k, and no hub dataset of that name in the local "
+                    "cache", tmp_path)
+    refused_quickly(lambda: selftrain.main(parse_config(["--device", "cpu"])),
+                    "^--model Qwen/Qwen2.5-Math-1.5B: no folder", tmp_path)
+    # ~ expands in every path flag
+    monkeypatch.setenv("HOME", str(tmp_path))
+    refused_quickly(lambda: selftrain.main(parse_config(["--tiny", "--model", "~/nope/ckpt"])),
+                    f"^--model {tmp_path}/nope/ckpt: no such file or folder", tmp_path)
+
+
+def test_a_hub_that_cannot_be_reached_is_refused_in_seconds(tmp_path, monkeypatch):
+    """Without HF_HUB_OFFLINE, one look-up decides, never the loaders' minutes of retries: no network, no answer
+    (a stuck DNS look-up or proxy), no such repo."""
+    from types import SimpleNamespace
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+    refuse_to_load(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    cases = [(OSError("[Errno -2] Name or service not known"), "the hub could not be reached to look for one: "
+              r"offline \(OSError: \[Errno -2\] Name or service not known\)"),
+             ("hang", "the hub did not answer in 0.5 s: offline"),
+             (RepositoryNotFoundError("404", response=SimpleNamespace(headers={}, request=None)), "no hub model of that name")]
+    monkeypatch.setattr(runtime, "HUB_WAIT_S", 0.5)
+    for error, message in cases:
+        def info(self, repo_id, timeout=None, error=error, **kw):
+            assert timeout == 0.5  # the request's own timeout, besides the thread's
+            if error == "hang":
+                time.sleep(30)
+            raise error
+        monkeypatch.setattr(huggingface_hub.HfApi, "model_info", info)
+        refused_quickly(lambda: selftrain.main(parse_config(["--tiny", "--model", "out/ckpt"])),
+                        f"^--model out/ckpt: no folder 'out/ckpt', and {message}", tmp_path)
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", lambda self, repo_id, timeout=None, **kw: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, repo_id, timeout=None, **kw: None)
+    runtime.check_source("model", "owner/exists")  # found: nothing to refuse
+
+
+def test_a_refused_run_removes_only_the_folders_it_made(tmp_path, monkeypatch):
+    bad = tmp_path / "train.jsonl"
+    bad.write_text('{"problem": "1+1"}\n{"question": "2+2"}\n')
+    for out in (tmp_path / "new", tmp_path / "a" / "b" / "c"):  # made by the run, parents too: removed again
+        with pytest.raises(SystemExit, match="row 1, field 'problem'"):
+            selftrain.main(run(tmp_path, "x", train_data=str(bad), out_dir=str(out)))
+        assert not (tmp_path / "new").exists() and not (tmp_path / "a").exists()
+    mine = tmp_path / "mine"   # a folder the user made stays, with what was in it
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(SystemExit, match="row 1, field 'problem'"):
+        selftrain.main(run(tmp_path, "x", train_data=str(bad), out_dir=str(mine)))
+    assert (mine / "notes.txt").read_text() == "keep"
+
+
+def test_quiet_third_party_bars_and_ours_stay(tiny_dir, tmp_path, capfd):
+    """transformers' own 'Loading weights' and 'Writing model shards' bars would show at every checkpoint; the
+    run's silences them (the hub's download bars are huggingface_hub's and are not touched)."""
+    from transformers.utils import logging
+    logging.set_tqdm_hook(None)
+    load_model(tiny_dir)[0].save_pretrained(str(tmp_path / "a"))
+    assert "Loading weights" in capfd.readouterr().err  # they show without it: the check below can fail
+    runtime.quiet_transformers_bars()
+    load_model(tiny_dir)[0].save_pretrained(str(tmp_path / "b"))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "Writing model shards" not in err
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A short --tiny run with a held-out eval at steps 0 and 2, and what it printed at the end."""
+    import contextlib
+    import io
+    home = tmp_path_factory.mktemp("home")
+    cfg = run(home, "x", steps=2, eval_every=0, eval_limit=6, eval_samples=3, kl_coef=0.0, watch_kl=True,
+              kl_alarm=0.5, out_dir="~/out-tiny")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        selftrain.main(cfg)
+    return str(home / "out-tiny"), printed.getvalue()
+
+
+def test_a_run_says_where_its_results_are_and_its_eval_command_reproduces_its_last_eval(tiny_run, monkeypatch):
+    import shlex
+    out, printed = tiny_run   # --out_dir ~/out-tiny: ~ expanded
+    assert f"results in {out}/: ckpt/ (the weights at step 2" in printed and "metrics.jsonl" in printed
+    commands = {shlex.split(line.split("    # ")[0])[1]: shlex.split(line.split("    # ")[0])[2:]
+                for line in printed.splitlines() if line.startswith("  python ")}
+    assert set(commands) == {"eval.py", "plot.py", "selftrain.py"}
+    with open(os.path.join(out, "eval.jsonl")) as f:
+        last = json.loads(f.readlines()[-1])
+    assert last["step"] == 2
+    results = evaluation.main(commands["eval.py"])  # the same problems, k, lengths, seed: the same samples
+    assert results == {k: v for k, v in last.items() if k != "step"}
+    gold = parse_config(commands["selftrain.py"])  # the gold-label twin of the run, as the run was started
+    assert gold.label == "gold" and gold.out_dir == out + "-gold" and gold.tiny and gold.model == WARM
+    assert (gold.steps, gold.eval_limit, gold.kl_alarm, gold.prompts_per_step) == (2, 6, 0.5, 4)
+
+
+def test_plot_draws_one_run_and_a_comparison(tiny_run, tmp_path):
+    """python plot.py: every panel labelled, a colour per run, the legend beside the panels (never over a curve),
+    and a run's alarm drawn as a labelled reference line."""
+    pytest.importorskip("matplotlib")
+    import shutil
+    import matplotlib.pyplot as plt
+    import plot
+    out, _ = tiny_run
+    assert plot.main([out]) == os.path.join(out, "curves.png") and os.path.getsize(os.path.join(out, "curves.png")) > 10_000
+    folders = []
+    for i, lr in enumerate((1e-4, 1e-5)):  # two more "runs" with other configs and curves
+        folders.append(str(tmp_path / f"run{i}"))
+        shutil.copytree(out, folders[-1], ignore=shutil.ignore_patterns("ckpt*"))
+        with open(os.path.join(folders[-1], "config.json")) as f:
+            cfg = {**json.load(f), "lr": lr, "kl_alarm": 0.0}
+        with open(os.path.join(folders[-1], "config.json"), "w") as f:
+            json.dump(cfg, f)
+    png = str(tmp_path / "compare.png")
+    assert plot.main([out, *folders, "-o", png]) == png and os.path.getsize(png) > 10_000
+    fig = plot.draw([(os.path.basename(f), plot.read_run(f), {}) for f in [out, *folders]], str(tmp_path / "x.png"))
+    fig.canvas.draw()
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    labels = [ax.get_ylabel() for ax in axes]
+    assert all(labels) and all(ax.get_xlabel() == "step" for ax in axes)
+    assert any("KL" in y for y in labels) and any("avg@3" in y for y in labels) and any("maj@3" in y for y in labels)
+    assert any("length" in y for y in labels) and any("entropy" in y for y in labels)
+    for ax in axes:
+        runs = [l for l in ax.lines if not l.get_label().startswith("--")]
+        assert len({l.get_color() for l in runs}) == len(runs) == 3  # a distinct colour per run
+        assert ax.get_legend() is None
+    legend = fig.legends[0]
+    names = [t.get_text() for t in legend.get_texts()]
+    assert names[:3] == ["out-tiny", "run0", "run1"] and "--kl_alarm 0.5 (out-tiny)" in names  # the alarm, labelled
+    box = legend.get_window_extent()
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in axes)  # off the data
+    plt.close(fig)
+
+
 def test_every_link_in_the_docs_resolves():
     """Every relative link and #anchor in README.md and docs/ points at a file and a heading that exist (GitHub's
     heading anchors)."""
@@ -554,30 +761,6 @@ def test_every_link_in_the_docs_resolves():
             if not os.path.exists(full) or (anchor and full.endswith(".md") and anchor not in anchors(full)):
                 bad.append(f"{os.path.relpath(page, HERE)}: {target}")
     assert n > 30 and not bad, bad
-
-
-def test_cpu_threads_wait_briefly_in_every_entry_point_and_a_users_setting_wins():
-    """OpenMP reads how its idle threads wait once, when torch loads it; a long spin makes every step several
-    times slower beside one busy process (docs/testbed.md). So each entry point must have set it by its first
-    torch import, and never over a value the user chose. A watcher stops each import at torch, so no torch loads."""
-    import subprocess
-    import sys
-    probe = ("import os, sys\n"
-             "class Watch:\n"
-             "    def find_spec(self, name, path=None, target=None):\n"
-             "        if name == 'torch':\n"
-             "            print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('KMP_BLOCKTIME'), flush=True)\n"
-             "            raise ImportError('stop here')\n"
-             "sys.meta_path.insert(0, Watch())\n"
-             "try:\n    import {}\nexcept ImportError:\n    pass\n")
-    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")}
-    for module, env, expected in [("selftrain", clean, "1000 0"), ("eval", clean, "1000 0"), ("bench", clean, "1000 0"),
-                                  ("test_selftrain", clean, "1000 0"),
-                                  ("selftrain", {**clean, "OMP_WAIT_POLICY": "ACTIVE"}, "None None"),
-                                  ("selftrain", {**clean, "GOMP_SPINCOUNT": "5"}, "5 None")]:
-        out = subprocess.run([sys.executable, "-c", probe.format(module)], cwd=HERE, env=env, capture_output=True,
-                             text=True, timeout=60)
-        assert out.stdout.splitlines()[:1] == [expected], (module, out.stdout, out.stderr[-500:])
 
 
 # ----------------------------------------------------------------------------------- the loop, end to end
@@ -1092,8 +1275,8 @@ KNOBS = ["advantage", "reward_shape", "min_majority_share", "samples_per_prompt"
 
 
 def test_every_knob_is_documented_in_help_and_docs():
-    docs = selftrain.field_docs(Config)
-    assert set(docs) == {f.name for f in selftrain.fields(Config)}  # every flag has its --help line
+    docs = runtime.field_docs(Config)
+    assert set(docs) == {f.name for f in fields(Config)}  # every flag has its --help line
     page = open(os.path.join(HERE, "docs", "knobs.md")).read()
     table = page[page.index("## Ablation knobs"):]
     table = table[:table.index("\n## ", 3)]
@@ -1722,6 +1905,13 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     assert alarms["srt-s0"][-1] == "quiet" and alarms["offline-s0"] == (10, None, 10, "false alarm")
     assert verdict["7"][1] is False and "late or silent on collapse-s1; false alarms on offline-s0, gold-s0" in verdict["7"][0]
     assert verdict["6"] == ("-5.0 pts (0.450 vs 0.500 at step 10)", False)
+    try:  # the suite's figures go through plot.py's drawing, as any run's do
+        import matplotlib  # noqa: F401
+        monkeypatch.setattr(miniature, "FIGS", str(tmp_path / "figures"))
+        miniature.figures(runs)
+        assert sorted(os.listdir(tmp_path / "figures")) == ["collapse.png", "srt_vs_gold.png"]
+    except ImportError:
+        pass
     # a run finished with other flags is stale: neither reported nor counted
     (tmp_path / "srt-s0" / "done.json").write_text(json.dumps({"flags": ["--steps", "1"], "seconds": 1}))
     assert miniature.read("srt-s0") is None and miniature.claims()[0][0][2] == "not run"
