@@ -148,13 +148,11 @@ def benchmark_path(name, data_dir=""):
 
 
 def resolve(name, data_dir=""):
-    """Where an eval-set name loads from -> ('tiny', rows) for the testbed's sets, ('file', path) for a local
+    """Where an eval-set name loads from -> ('tiny', name) for the testbed's sets, ('file', path) for a local
     copy or file, ('hub', (hub id, config, split)). <data_dir>/<name>.jsonl comes first, then the shipped copy,
     then the hub. An unknown name is refused."""
-    if name in tiny.TASKS:
-        return "tiny", tiny.tiny_heldout(task=name)
-    if name.endswith("-val") and name[:-4] in tiny.TASKS:
-        return "tiny", tiny.tiny_validation(name[:-4])
+    if name in tiny.TASKS or (name.endswith("-val") and name[:-4] in tiny.TASKS):
+        return "tiny", name
     if path := benchmark_path(name, data_dir):
         return "file", path
     if name in BENCHMARKS:
@@ -179,7 +177,10 @@ def load_eval_sets(spec, data_dir="", limit=0):
     sets = {}
     for name in eval_names(spec):
         kind, where = resolve(name, data_dir)
-        rows = where if kind == "tiny" else load_rows(where) if kind == "file" else load_rows(*where)
+        if kind == "tiny":
+            rows = tiny.tiny_validation(name[:-4]) if name.endswith("-val") else tiny.tiny_heldout(task=name)
+        else:
+            rows = load_rows(where) if kind == "file" else load_rows(*where)
         sets[os.path.basename(name).split(".")[0]] = rows[:limit] if limit else rows
     return sets
 

@@ -76,16 +76,16 @@ def main(argv=None):
     p.add_argument("--limit", type=int, default=0, help="at most this many problems per set (0: all)")
     p.add_argument("--chunk", type=int, default=256, help="sequences per generate call (the draws depend on it)")
     p.add_argument("--device", default="auto", help="'cuda', 'cpu' or 'auto'")
-    p.add_argument("--amp", type=parse_bool, default=None, help="bf16 autocast (empty: on with CUDA)")
+    p.add_argument("--amp", type=parse_bool, nargs="?", const=True, default=None,
+                   help="bf16 autocast (unset: on with CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     a = p.parse_args(argv)
     a.model, a.data_dir = os.path.expanduser(a.model), os.path.expanduser(a.data_dir)
     types = {k: float if k == "temperature" else int for k in ALLOWED_HERE}
     check_values({k: getattr(a, k) for k in ALLOWED_HERE}, types, ALLOWED_HERE)
     check_device(a.device)
-    check_path("model", a.model)
     check_path("data_dir", a.data_dir, local=True)
-    check_source("model", a.model)  # a local folder, or a hub id looked up in seconds
+    check_source("model", a.model)  # a local path, or a hub id looked up in seconds
     for name, hub_id in hub_sets(a.data, a.data_dir):
         check_source("data", name, "dataset", hub_id)
     quiet_transformers_bars()

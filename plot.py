@@ -35,7 +35,7 @@ def read_jsonl(path):
 
 def read_run(folder):
     """A run folder -> dict(metrics=[rows], evals=[rows], config={...}), from what selftrain.py wrote there."""
-    if not os.path.exists(os.path.join(folder, "metrics.jsonl")) and not os.path.exists(os.path.join(folder, "eval.jsonl")):
+    if not any(os.path.exists(os.path.join(folder, f)) for f in ("metrics.jsonl", "eval.jsonl")):
         raise SystemExit(f"{folder}: no metrics.jsonl or eval.jsonl (a run's --out_dir holds them)")
     config = os.path.join(folder, "config.json")
     with open(config) if os.path.exists(config) else open(os.devnull) as f:
@@ -70,9 +70,11 @@ def draw(runs, path, title="", smooth=5, refs=()):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     rows = panels([run for _, run, _ in runs])
-    cols = min(4, len(rows)) or 1
-    fig, axes = plt.subplots(math.ceil(len(rows) / cols), cols, figsize=(4 * cols + 3, 2.9 * math.ceil(len(rows) / cols)),
-                             layout="constrained", squeeze=False)
+    if not rows:
+        raise SystemExit("nothing to draw: the runs have logged no step and no eval yet")
+    cols = min(4, len(rows))
+    n_rows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4 * cols + 3, 2.9 * n_rows), layout="constrained", squeeze=False)
     colours = plt.get_cmap("tab10" if len(runs) <= 10 else "tab20").colors
     lines = list(refs) + [(key, run["config"][flag], f"--{flag} {run['config'][flag]} ({label})")
                           for label, run, _ in runs for flag, key in ALARMS.items() if run["config"].get(flag)]
@@ -83,8 +85,9 @@ def draw(runs, path, title="", smooth=5, refs=()):
             if pts:
                 xs, ys = zip(*pts)
                 ys = running_mean(ys, smooth) if source == "metrics" else ys
-                ax.plot(xs, ys, label=label, **{"color": colours[i % len(colours)], "marker": "." if source == "evals" else None,
-                                                "linewidth": 1.5, **style})
+                look = {"color": colours[i % len(colours)], "linewidth": 1.5,
+                        "marker": "." if source == "evals" else None}
+                ax.plot(xs, ys, label=label, **{**look, **style})
         for j, (_, value, ref_label) in enumerate(x for x in lines if x[0] == key and source == "metrics"):
             ax.axhline(value, color="0.35", linestyle=("--", ":", "-.")[j % 3], linewidth=1, label=ref_label)
         if key == "kl" and ax.lines and min(min(l.get_ydata()) for l in ax.lines) > 0:
@@ -109,8 +112,10 @@ def draw(runs, path, title="", smooth=5, refs=()):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders (each a selftrain.py --out_dir)")
-    p.add_argument("-o", "--out", default="", help="the PNG (default: RUN/curves.png for one run, compare.png for several)")
-    p.add_argument("--smooth", type=int, default=5, help="running mean over this many steps for per-step metrics (1: raw)")
+    p.add_argument("-o", "--out", default="",
+                   help="the PNG (default: RUN/curves.png for one run, compare.png for several)")
+    p.add_argument("--smooth", type=int, default=5,
+                   help="running mean over this many steps for per-step metrics (1: raw)")
     p.add_argument("--title", default="", help="the figure's title (default: the run and its label and lr)")
     a = p.parse_args(argv)
     if a.smooth < 1:

@@ -70,7 +70,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         d = action.default
         if d is argparse.SUPPRESS or action.help is None:
             return action.help
-        shown = str(d).lower() if isinstance(d, bool) else (d if d != "" else "''")
+        shown = str(d).lower() if isinstance(d, bool) else "unset" if d is None else (d if d != "" else "''")
         return f"{action.help} [default: {str(shown).replace('%', '%%')}]"
 
 
@@ -82,8 +82,8 @@ def parse_flags(cls, argv, description, tiny_defaults):
     parser = argparse.ArgumentParser(
         description=description, formatter_class=lambda prog: HelpFormatter(prog, max_help_position=30),
         usage="python selftrain.py [--tiny] [--flag value ...]",
-        epilog="Defaults shown are " + ("the testbed's (--tiny)." if tiny else
-                                         "the one-GPU recipe's; python selftrain.py --tiny --help shows the testbed's."))
+        epilog="Defaults shown are " + ("the testbed's (--tiny)." if tiny else "the one-GPU recipe's; "
+                                         "python selftrain.py --tiny --help shows the testbed's."))
     parser.error, docs = one_line_error, field_docs(cls)
     for f in fields(cls):
         kind = (dict(type=parse_bool, nargs="?", const=True) if f.type is bool else
@@ -413,9 +413,10 @@ def print_results(cfg, first, last, step):
           + (", best/ (the best on --val_data)" if os.path.isdir(best) else "")
           + ", metrics.jsonl (a row per step), eval.jsonl (a row per held-out eval), config.json\nnext:")
     from data import eval_names
-    flags = dict(model=ckpt, data=",".join(eval_names(cfg.eval_data) + eval_names(cfg.val_data)), k=k, max_new_tokens=cfg.max_new_tokens,
-                 max_prompt_tokens=cfg.max_prompt_tokens, temperature=cfg.temperature, limit=cfg.eval_limit,
-                 data_dir=cfg.data_dir, chunk=cfg.gen_chunk, device=cfg.device, amp=cfg.amp, seed=cfg.seed + EVAL_SEED)
+    sets = ",".join(eval_names(cfg.eval_data) + eval_names(cfg.val_data))  # held_out_eval's sets, in its order
+    flags = dict(model=ckpt, data=sets, k=k, max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
+                 temperature=cfg.temperature, limit=cfg.eval_limit, data_dir=cfg.data_dir, chunk=cfg.gen_chunk,
+                 device=cfg.device, amp=cfg.amp, seed=cfg.seed + EVAL_SEED)
     commands = [(command("eval.py", flags), f"step {step}'s held-out eval again, the same samples" if last else
                  "evaluate the checkpoint"), (command("plot.py", {}, [out]), f"draw the run: {out}/curves.png")]
     if cfg.label == "majority":
@@ -446,7 +447,8 @@ def command(script, flags, args=()):
     for k, v in flags.items():
         if v == "" or (k == "limit" and v == 0):
             continue
-        words += [f"--{k}"] if (k == "tiny" and v is True) else [f"--{k}", str(v).lower() if isinstance(v, bool) else str(v)]
+        value = str(v).lower() if isinstance(v, bool) else str(v)
+        words += [f"--{k}"] if (k == "tiny" and v is True) else [f"--{k}", value]
     return " ".join(shlex.quote(w) for w in words)
 
 
