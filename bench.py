@@ -48,8 +48,8 @@ import data
 import grader
 import rewards
 import selftrain
-from model import (INSTRUCTION, Rollout, completion_lengths, completion_logprobs, encode_prompts, left_pad, load_model,
-                   pack, rollout, stop_token_ids)
+from model import (INSTRUCTION, Rollout, autocast, completion_lengths, completion_logprobs, encode_prompts, left_pad,
+                   load_model, pack, rollout, stop_token_ids)
 
 clock = time.process_time  # CPU seconds of this process, all threads
 transformers.logging.set_verbosity_error()
@@ -386,14 +386,12 @@ def bench_grader_hostile() -> dict:
 
 
 def sampler_learner_gap(model, tokenizer, problems, n=2, max_new_tokens=24):
-    """Mean and max per-token |log p| gap between the distribution generate drew each token from (the
-    probabilities handed to torch.multinomial) and completion_logprobs, both under CPU bf16 autocast: today's
-    rollout, through the --gpu section's generate_engine and learner_gap."""
+    """Mean and max per-token |log p| gap between the distribution generate drew each token from (model.rollout
+    records it) and completion_logprobs, both under CPU bf16 autocast: today's rollout, through learner_gap."""
     prompts, stops = encode_prompts(tokenizer, problems, 1024), stop_token_ids(model, tokenizer)
-    engine = generate_engine(lambda p, new_tokens: rollout(model, tokenizer, p, n, new_tokens, stop_ids=stops,
-                                                           amp=True), k=len(problems) * n)
     torch.manual_seed(0)
-    return learner_gap(model, engine(prompts, max_new_tokens, logprobs=True), tokenizer.pad_token_id)
+    return learner_gap(model, rollout(model, tokenizer, prompts, n, max_new_tokens, stop_ids=stops, amp=True),
+                       tokenizer.pad_token_id)
 
 
 def head_precision_gaps():
@@ -538,34 +536,6 @@ def refresh_ms(sampler, policy, sync, reps=3):
 
 
 @contextlib.contextmanager
-def drawn_probs(k):
-    """Record the first k rows of every distribution that generate samples from (what torch.multinomial gets)."""
-    drawn, real = [], torch.multinomial
-    torch.multinomial = lambda probs, *a, **kw: drawn.append(probs[:k].float().clone()) or real(probs, *a, **kw)
-    try:
-        yield drawn
-    finally:
-        torch.multinomial = real
-
-
-def generate_engine(call, k):
-    """A generate-based engine: call(prompts, new_tokens) -> rollouts. With logprobs=True the first k rollouts
-    (all in the first generate call, k <= gen_chunk) carry sampler_logp: log p of each drawn token under the
-    distribution generate drew it from, one multinomial call per decode step."""
-    def run(prompts, new_tokens, logprobs=False):
-        if not logprobs:
-            return call(prompts, new_tokens)
-        with drawn_probs(k) as drawn:
-            outs = call(prompts, new_tokens)
-        for i, o in enumerate(outs[:k]):
-            steps = torch.arange(len(o.completion_ids))
-            probs = torch.stack(drawn[:len(steps)])[steps, i, torch.tensor(o.completion_ids)]   # [len]
-            o.sampler_logp = probs.log().tolist()
-        return outs
-    return run
-
-
-@contextlib.contextmanager
 def static_cache(max_len, compile=True):
     """Candidate 2: model.rollout's generate calls with a static KV cache, sized for the longest workload so that
     every call has the same shapes and one compiled graph serves them all. transformers 5.24 compiles the decode
@@ -620,36 +590,37 @@ def rollout_engines(policy, sampler, run, eos, pad, names):
     """name -> rollout(prompts, new_tokens, logprobs=False) -> model.rollout's output, for the chosen engines."""
     tok, n, stop = _IdsOnly(pad), run.n, [eos]
 
-    def today(prompts, T):
+    # model.rollout records each drawn token's log-prob itself (sampler_logp): logprobs is for generate_batch
+    def today(prompts, T, logprobs=False):
         return rollout(policy, tok, prompts, n, T, 1.0, 1.0, chunk=run.chunk, stop_ids=stop, amp=True)
 
-    def bf16(prompts, T):
+    def bf16(prompts, T, logprobs=False):
         return rollout(sampler, tok, prompts, n, T, 1.0, 1.0, chunk=len(prompts) * n, stop_ids=stop, amp=False)
 
-    def static(prompts, T):
+    def static(prompts, T, logprobs=False):
         with static_cache(run.P + max(run.Ta, run.Tb)):
             return bf16(prompts, T)
 
-    def static32(prompts, T):
+    def static32(prompts, T, logprobs=False):
         with static_cache(run.P + max(run.Ta, run.Tb)):
             return today(prompts, T)
 
     def cb(prompts, T, logprobs=False):
         return cb_rollout(sampler, prompts, n, T, eos, pad, logprobs)
-    made = {"today": generate_engine(today, run.k), "bf16": generate_engine(bf16, run.k),
-            "static": generate_engine(static, run.k), "static32": generate_engine(static32, run.k), "cb": cb}
+    made = {"today": today, "bf16": bf16, "static": static, "static32": static32, "cb": cb}
     return {name: made[name] for name in names}
 
 
-def learner_gap(policy, outs, pad):
+def learner_gap(policy, outs, pad, amp=True):
     """Mean and max per-token |log p| gap between what an engine drew each token from (o.sampler_logp) and what
-    the update scores: completion_logprobs of the fp32 policy under bf16 autocast, as selftrain.update runs it."""
+    the update scores: completion_logprobs of the fp32 policy under autocast (amp: bf16, or a dtype), as
+    selftrain.update runs it, measured by the update's own selftrain.mismatch. -> (mean, max, k3 KL per token)."""
     ids, attn, comp, mask = pack(outs, pad, policy.device)
-    with torch.no_grad(), torch.autocast(policy.device.type, dtype=torch.bfloat16):
+    with torch.no_grad(), autocast(policy.device, amp):
         logp, _ = completion_logprobs(policy, ids, attn, comp, mask)
-    logp = logp.tolist()
-    gaps = [abs(a - logp[i][t]) for i, o in enumerate(outs) for t, a in enumerate(o.sampler_logp)]
-    return sum(gaps) / len(gaps), max(gaps)
+    sampler = torch.nn.utils.rnn.pad_sequence([torch.tensor(o.sampler_logp) for o in outs], batch_first=True)
+    m, n = selftrain.mismatch(logp.float(), sampler.to(logp.device), mask), mask.sum().item()
+    return m["mismatch_sum"] / n, m["mismatch_max"], m["mismatch_kl_sum"] / n
 
 
 def kv_bytes_per_token(model, amp, **extra):
@@ -1140,7 +1111,7 @@ def main():
     conv_all = sum(len(r.prompt_ids) + len(r.completion_ids) for r in packed)
 
     grading = {**bench_grader(), **bench_grader_hostile()}
-    gap_model, (gap32, max32), (gap16, max16) = head_precision_gaps()
+    gap_model, (gap32, max32, _), (gap16, max16, _) = head_precision_gaps()
 
     print(f"{'':<40} {'measured':>9} {'goal':>8}")
     if trl_ends is None:

@@ -137,6 +137,7 @@ class Rollout:
     completion_ids: list
     text: str
     truncated: bool
+    sampler_logp: list = None  # log-prob of each completion token under what generate drew it from (sampled only)
 
 
 def left_pad(seqs, pad_id):
@@ -160,6 +161,32 @@ def completion_lengths(completions, stop_ids):
     return lengths, ~has_stop
 
 
+def recording_sampler(temperature, top_p):
+    """generate's sampling with the log-prob of every drawn token recorded -> (generate kwargs, records: a dict
+    of per-step [b] tensors). generate applies its own temperature and top-p warpers after any processor it is
+    given, so it gets temperature 1, top-p 1, top-k 0, and the same warpers run here in generate's order with
+    the recorder between them: it sees softmax(logits / temperature) before top-p, which is what the update
+    scores (at top-p < 1 the nucleus renormalises, so the mismatch measures numerics only). Only one [b, V] row
+    is kept: the drawn token is known once generate has appended it, when it calls its stopping criteria. Other
+    per-token statistics of the tempered distribution go into `gather` the same way."""
+    from transformers import LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    records, row = {"logp": []}, {}
+
+    def stash(input_ids, scores):                                           # scores [b, V], tempered
+        row["logp"] = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def gather(input_ids, scores, **kwargs):                                # input_ids [b, L]: the draw appended
+        records["logp"].append(row.pop("logp").gather(1, input_ids[:, -1:]).squeeze(1))  # [b]
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1 else []) + [stash] + \
+        ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+    return dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(warpers),
+                stopping_criteria=StoppingCriteriaList([gather])), records
+
+
 @torch.no_grad()
 def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, top_p=1.0,
             chunk=64, stop_ids=None, amp=False, progress=None):
@@ -171,31 +198,40 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
     sequences are generated at once, so the KV cache is bounded.
     Samples from exactly what the update scores, softmax(logits / temperature) within top_p: transformers
     fills every knob that generate is not given from model.generation_config (a repetition penalty, min_p,
-    no_repeat_ngram_size, min_new_tokens...), so generate runs with a blank one in its place (generate_raw)."""
+    no_repeat_ngram_size, min_new_tokens...), so generate runs with a blank one in its place (generate_raw).
+    Each sampled token's log-prob under that distribution is kept on its Rollout (sampler_logp; recording_sampler)."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     flat = [p for p in prompt_ids for _ in range(n)]
-    sampling = (dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=0) if temperature > 0
-                else dict(do_sample=False))  # temperature 0 = greedy decoding, for evaluation
     out = []
     for start in range(0, len(flat), chunk):
         seqs = flat[start:start + chunk]
         ids, mask = left_pad(seqs, tokenizer.pad_token_id)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        # temperature 0 = greedy decoding, for evaluation
+        sampling, records = recording_sampler(temperature, top_p) if temperature > 0 else (dict(do_sample=False), None)
+        with autocast(device, amp):
             gen = generate_raw(model, input_ids=ids.to(device), attention_mask=mask.to(device),
                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
         completions = gen[:, ids.shape[1]:]                                   # [chunk, <=max_new_tokens]
         lengths, truncated = completion_lengths(completions, stop_ids)
+        logps = torch.stack(records["logp"], 1).cpu() if records else None  # [chunk, <=max_new_tokens]
         for i, p in enumerate(seqs):
             c = completions[i, :lengths[i]].tolist()
-            out.append(Rollout(p, c, tokenizer.decode(c, skip_special_tokens=True), bool(truncated[i])))
+            out.append(Rollout(p, c, tokenizer.decode(c, skip_special_tokens=True), bool(truncated[i]),
+                               logps[i, :lengths[i]].tolist() if records else None))
         if progress is not None:
             progress.update(len(seqs))
     model.train(was_training)
     return out
+
+
+def autocast(device, amp):
+    """Mixed precision for a forward: amp False (fp32), True (bf16) or a torch dtype (bf16, fp16)."""
+    return torch.autocast(device.type, dtype=amp if isinstance(amp, torch.dtype) else torch.bfloat16,
+                          enabled=bool(amp))
 
 
 def generate_raw(model, **kwargs):

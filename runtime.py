@@ -106,7 +106,7 @@ ALLOWED = {
     **dict.fromkeys(("votes_per_prompt", "early_stop", "eval_every", "eval_limit", "keep_ckpts", "max_nonfinite",
                      "seed"), AT_LEAST_0),
     **dict.fromkeys(("temperature", "lr", "grad_clip", "peak_flops"), POSITIVE),
-    **dict.fromkeys(("kl_coef", "entropy_coef", "weight_decay", "clip_eps_high", "kl_alarm"), NON_NEGATIVE),
+    **dict.fromkeys(("kl_coef", "entropy_coef", "weight_decay", "clip_eps_high", "kl_alarm", "is_cap"), NON_NEGATIVE),
     "clip_eps_low": ("a number in [0, 1)", lambda v: 0 <= v < 1),
     **dict.fromkeys(("min_majority_share", "filter_share", "collapse_alarm"), SHARE),
     **dict.fromkeys(("top_p", "curriculum", "warmup_target"), FRACTION),
@@ -280,7 +280,8 @@ def skip_reason(R, labelled):
 def no_update(reason):
     tqdm.write(f"no update: {reason}")
     return {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None, "clip_frac": 0.0, "approx_kl": 0.0,
-            "trained_seqs": 0, "skipped": reason}
+            "trained_seqs": 0, "skipped": reason, "mismatch": None, "mismatch_kl": None, "mismatch_max": None,
+            "is_weight": None, "is_capped": None}
 
 
 # What to lower when a phase runs out of GPU memory, first knob first (docs/gpu.md: memory budget).

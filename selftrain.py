@@ -62,6 +62,7 @@ class Config:
     clip_eps_high: float = 0.2  # PPO clip: the ratio is clipped above at 1 + this (paper: 0.2; DAPO: 0.28)
     ppo_epochs: int = 1  # passes over each rollout batch (paper: 1, fully on-policy)
     minibatches: int = 1  # optimizer steps per pass, on prompt-major slices (paper: 1; TTRL: 8)
+    is_cap: float = 0.0  # truncated importance sampling: weigh each token by min(pi_old/pi_sampler, this) (0 = off)
     kl_coef: float = 0.001  # beta of the KL to the frozen start model; 0 skips the reference model (paper: 1e-3)
     kl_in: str = "loss"  # where the KL goes: 'loss' (TTRL, GRPO) or 'reward' (the paper's RLOO runs)
     kl_estimator: str = "k3"  # 'k3' (verl's low_var_kl, the paper's) or 'k1' = logp - ref
@@ -226,17 +227,25 @@ def advantages(rewards, kind):
     raise ValueError(f"unknown advantage '{kind}' (rloo | grpo | drgrpo)")
 
 
-def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg):
+def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg, sampler_logp=None):
     """Step 6's objective per token -> loss [b, C] (aggregate() turns it into the step's scalar) and stats.
     logp, old_logp, entropy: [b, C]; ref_logp: [b, C], or None when the KL is not in the loss; adv: [b].
     PPO clip: -min(r A, clip(r, 1-eps_low, 1+eps_high) A), r = pi/pi_old. With one on-policy update r == 1,
     so the loss value is ~0 by construction while its gradient is the policy gradient -A grad log pi.
     eps_high > eps_low is DAPO's clip-higher: unlikely tokens with A > 0 may grow more before clipping.
+    sampler_logp [b, C]: what generate drew each token from. The sampler and the learner compute in other
+    precision and shapes (one token at a time with the KV cache against the whole sequence), so pi_old is not
+    quite the sampler: --is_cap C weights each token's term by min(pi_old / pi_sampler, C), detached (truncated
+    importance sampling, Yao et al. 2025; per token, as TRL, NeMo RL and verl offer it: a sequence-level ratio
+    multiplies thousands of per-token ratios and is capped on nearly every long response).
     Then + beta KL (KL in the loss, as TTRL and GRPO) and - alpha H (entropy bonus)."""
     ratio = torch.exp(logp - old_logp)                                      # [b, C]
     a = adv[:, None]                                                        # [b, 1]
     unclipped, clipped = ratio * a, ratio.clamp(1 - cfg.clip_eps_low, 1 + cfg.clip_eps_high) * a  # [b, C]
     pg = -torch.min(unclipped, clipped)                                     # [b, C]
+    if cfg.is_cap and sampler_logp is not None:
+        is_ratio = torch.exp(old_logp - sampler_logp).detach()              # [b, C]: pi_old / pi_sampler
+        pg = pg * is_ratio.clamp(max=cfg.is_cap)
     loss = pg
     kl = torch.zeros_like(logp)
     if ref_logp is not None:
@@ -249,7 +258,21 @@ def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg):
         stats = {"pg_sum": (pg * mask).sum().item(), "kl_sum": (kl * mask).sum().item(),
                  "clip_sum": ((clipped < unclipped).float() * mask).sum().item(),  # tokens the clip zeroed
                  "approx_kl_sum": (((ratio - 1) - log_ratio) * mask).sum().item()}  # k3 of pi_old vs pi
+        if sampler_logp is not None:  # the mismatch, against the learner before this step's update (pi_old)
+            stats.update(mismatch(old_logp, sampler_logp, mask))
+            if cfg.is_cap:
+                stats.update(is_weight_sum=(is_ratio.clamp(max=cfg.is_cap) * mask).sum().item(),
+                             is_capped_sum=((is_ratio > cfg.is_cap).float() * mask).sum().item())
     return loss, stats
+
+
+def mismatch(learner_logp, sampler_logp, mask):
+    """How far the sampler is from the learner on the tokens scored: learner_logp, sampler_logp, mask [b, C] ->
+    sums over tokens of |d| and of exp(d) - d - 1 (the k3 estimate of KL(sampler || learner), the tokens being
+    the sampler's draws), and the largest |d|, d = learner - sampler; in fp64, as k3 ~ d^2 / 2 is tiny."""
+    d = ((learner_logp - sampler_logp) * mask).double()                      # [b, C]
+    return {"mismatch_sum": d.abs().sum().item(), "mismatch_kl_sum": (torch.expm1(d) - d).sum().item(),
+            "mismatch_max": d.abs().max().item()}
 
 
 def aggregate(loss, mask, kind, n_tokens, n_seqs, max_new_tokens):
@@ -318,13 +341,15 @@ def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm,
         # One update: pi_old is the current policy, so no extra forward is needed.
         old_logp = logp.detach() if old_logps is None else torch.nn.utils.rnn.pad_sequence(
             [old_logps[i] for i in mb], batch_first=True).to(device)            # [b, C]
-        loss, st = policy_loss(logp, old_logp, ref_logp, entropy, adv[mb].to(device), mask, cfg)
+        sampler_logp = None if any(rollouts[i].sampler_logp is None for i in mb) else \
+            torch.nn.utils.rnn.pad_sequence([torch.tensor(rollouts[i].sampler_logp) for i in mb], batch_first=True).to(device)
+        loss, st = policy_loss(logp, old_logp, ref_logp, entropy, adv[mb].to(device), mask, cfg, sampler_logp)
         loss = aggregate(loss, mask, cfg.loss_agg, *norm, cfg.max_new_tokens)
         if not math.isfinite(loss.item()):
             bad = "non-finite loss"
         loss.backward()
         for key, v in st.items():
-            sums[key] += v
+            sums[key] = max(sums.get(key, 0.0), v) if key.endswith("_max") else sums.get(key, 0.0) + v
         sums["entropy_sum"] += (entropy.detach() * mask).sum().item()
         tokens += int(mask.sum())
     return tokens, bad
@@ -367,11 +392,16 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             sums["norm_tokens"] += n_tokens
             trained.update(idx)
     t = max(sums["trained_tokens"], 1)
+    per_token = lambda key: sums[key] / t if key in sums else None  # noqa: E731
     return {"grad_norm": sum(grad_norms) / len(grad_norms),
             "pg_term": sums["pg_sum"] / max(sums["norm_tokens"], 1),
             "kl": sums["kl_sum"] / t if ref_model is not None else None,
             "entropy": sums["entropy_sum"] / t, "clip_frac": sums["clip_sum"] / t,
-            "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained), "skipped": skipped}
+            "approx_kl": sums["approx_kl_sum"] / t, "trained_seqs": len(trained), "skipped": skipped,
+            # sampler against learner, per scored token: mean |log p difference|, k3 KL, the largest difference
+            "mismatch": per_token("mismatch_sum"), "mismatch_kl": per_token("mismatch_kl_sum"),
+            "mismatch_max": sums.get("mismatch_max"),
+            "is_weight": per_token("is_weight_sum"), "is_capped": per_token("is_capped_sum")}
 
 
 # ------------------------------------------------------------------------------------------------------

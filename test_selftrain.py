@@ -4,6 +4,7 @@ Every test is seeded and CPU-only, and checks a behaviour whose failure would be
 """
 import glob
 import json
+import math
 import os
 import time
 from dataclasses import fields
@@ -22,7 +23,7 @@ import mitigations
 import selftrain
 import tiny as testbed
 from grader import normalize_answer, vote_classes
-from model import (INSTRUCTION, Rollout, completion_lengths, completion_logprobs, encode_prompts, left_pad,
+from model import (INSTRUCTION, Rollout, completion_lengths, completion_logprobs, encode_prompts, generate_raw, left_pad,
                    load_model, pack, rollout, set_gradient_checkpointing, stop_token_ids)
 from rewards import extract_answer, grade, is_equiv, label_and_reward, majority_vote, self_rewards
 from selftrain import Config, advantages, batch_indices, parse_config, policy_loss
@@ -271,6 +272,60 @@ def test_policy_loss_gradient_clipping_and_kl():
     assert st["kl_sum"] == pytest.approx(0.0, abs=1e-7)
     _, st = policy_loss(logp, logp.detach(), logp.detach() - 0.5, ent, adv, mask, Config(kl_coef=0.1))
     assert st["kl_sum"] > 0
+
+
+def test_truncated_importance_sampling_changes_nothing_on_policy_and_caps_a_far_sampler():
+    """--is_cap: with the sampler's log-probs equal to the learner's, the gradient is the uncorrected one; where
+    the sampler gave a token far less probability than the learner, its weight pi_old / pi_sampler is cut at C."""
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -3.0]], requires_grad=True)
+    mask, adv, ent = torch.tensor([[1.0, 1.0], [1.0, 0.0]]), torch.tensor([2.0, -1.0]), torch.zeros(2, 2)
+    grads, stats = [], []
+    for cap, sampler in ((0.0, None), (2.0, logp.detach().clone()), (2.0, logp.detach() - torch.tensor([[0.0, 3.0], [0.0, 0.0]]))):
+        logp.grad = None
+        loss, st = policy_loss(logp, logp.detach(), None, ent, adv, mask, Config(kl_coef=0.0, entropy_coef=0.0, is_cap=cap),
+                               sampler)
+        (loss * mask).sum().backward()
+        grads.append(logp.grad.clone())
+        stats.append(st)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)       # identical log-probs: weight 1 exactly
+    assert stats[1]["is_weight_sum"] == 3 and stats[1]["is_capped_sum"] == 0 and stats[1]["mismatch_sum"] == 0
+    # the second token: pi_old / pi_sampler = e^3 = 20 -> capped at 2, so its gradient is 2 x -A; the rest unchanged
+    torch.testing.assert_close(grads[2], torch.tensor([[-2.0, -4.0], [1.0, 0.0]]))
+    assert stats[2]["is_capped_sum"] == 1 and stats[2]["is_weight_sum"] == pytest.approx(4.0)
+    assert stats[2]["mismatch_max"] == pytest.approx(3.0) and stats[2]["mismatch_sum"] == pytest.approx(3.0)
+    assert stats[2]["mismatch_kl_sum"] == pytest.approx(math.exp(3) - 3 - 1)  # k3 of KL(sampler || learner)
+
+
+def test_the_sampler_records_what_it_drew_from_and_the_run_logs_the_mismatch(tmp_path, monkeypatch):
+    """rollout keeps, for every sampled token, its log-prob under the distribution generate drew it from; in
+    fp32 (amp off, top-p 1) that equals what the update scores, so the logged mismatch is ~0. The recorder does
+    not change the draws: the same seed gives the same tokens with and without it."""
+    model, tok = load_model(WARM)
+    prompts = encode_prompts(tok, [r["problem"] for r in testbed.tiny_heldout()[:6]], 64)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.9)):
+        torch.manual_seed(0)
+        outs = rollout(model, tok, prompts, 3, 64, temperature, top_p, chunk=18)
+        torch.manual_seed(0)  # the same draws as a bare generate with the same knobs
+        ids, attn = left_pad([o.prompt_ids for o in outs], tok.pad_token_id)
+        gen = generate_raw(model, input_ids=ids, attention_mask=attn, max_new_tokens=64, do_sample=True,
+                           temperature=temperature, top_p=top_p, top_k=0, eos_token_id=stop_token_ids(model, tok),
+                           pad_token_id=tok.pad_token_id)
+        assert [o.completion_ids for o in outs] == [g[ids.shape[1]:][:len(o.completion_ids)].tolist()
+                                                    for o, g in zip(outs, gen)]
+        assert all(len(o.sampler_logp) == len(o.completion_ids) for o in outs)
+        ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
+        with torch.no_grad():
+            logp, _ = completion_logprobs(model, ids, attn, comp, mask, temperature)
+        sampler = torch.nn.utils.rnn.pad_sequence([torch.tensor(o.sampler_logp) for o in outs], batch_first=True)
+        assert ((logp - sampler).abs() * mask).sum() / mask.sum() < 1e-5
+    greedy = rollout(model, tok, prompts[:1], 1, 8, temperature=0)
+    assert greedy[0].sampler_logp is None                                   # nothing drawn, nothing recorded
+    cfg = run(tmp_path, "mismatch", kl_coef=0.0, amp=False, eval_limit=2, eval_samples=2)
+    selftrain.main(cfg)
+    rows = [r for r in metrics(cfg) if not r["skipped"]]
+    assert rows and all(0 <= r["mismatch"] < 1e-5 and r["mismatch_max"] < 1e-4 and abs(r["mismatch_kl"]) < 1e-9
+                        for r in rows)
+    assert all(r["is_weight"] is None for r in rows)  # off unless --is_cap
 
 
 def test_update_gradient_does_not_depend_on_micro_batch_size(tiny):
