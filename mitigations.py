@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from model import rollout
 from rewards import extract_answer, majority_vote
-from runtime import save_model
+from runtime import precision, save_model
 
 
 def teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids):
@@ -30,7 +30,7 @@ def teacher_votes(model, tokenizer, prompt_ids, cfg, stop_ids):
     k, votes, per_call = cfg.teacher_samples, [], max(1, cfg.gen_chunk // cfg.teacher_samples)
     for s in tqdm(range(0, len(prompt_ids), per_call), desc="teacher votes", leave=False):
         outs = rollout(model, tokenizer, prompt_ids[s:s + per_call], k, cfg.max_new_tokens, cfg.temperature,
-                       cfg.top_p, cfg.gen_chunk, stop_ids, cfg.amp)
+                       cfg.top_p, cfg.gen_chunk, stop_ids, precision(cfg))
         for g in range(len(outs) // k):
             label, count = majority_vote([extract_answer(o.text) for o in outs[g * k:(g + 1) * k]])
             votes.append({"label": label, "share": count / k})

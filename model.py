@@ -7,6 +7,7 @@ Three jobs, one section each:
                      log-softmax for the whole batch.
 The offline testbed's tokenizer and model are built in tiny.py and go through exactly this code.
 """
+import copy
 import functools
 import os
 from dataclasses import dataclass
@@ -86,6 +87,22 @@ def fp32_head(model):
     module keeps its weights, so checkpoints are unchanged; only its forward is replaced."""
     head = model.get_output_embeddings()
     head.forward = functools.partial(_fp32_linear, head)
+
+
+def half_copy(model, dtype):
+    """--sampler half: a copy of the policy in dtype (bf16, fp16) for generate, which runs it without autocast;
+    its LM head keeps an fp32 weight of its own (untied from the embeddings), as the policy's head computes in
+    fp32. refresh_copy fills it from the policy after each update."""
+    sampler = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    sampler.get_output_embeddings().weight = torch.nn.Parameter(
+        model.get_output_embeddings().weight.detach().clone(), requires_grad=False)
+    fp32_head(sampler)
+    return sampler
+
+
+@torch.no_grad()
+def refresh_copy(sampler, model):
+    sampler.load_state_dict(model.state_dict())  # each tensor cast to the copy's dtype (the head's stays fp32)
 
 
 def set_gradient_checkpointing(model):
@@ -201,7 +218,8 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
     no_repeat_ngram_size, min_new_tokens...), so generate runs with a blank one in its place (generate_raw).
     Each sampled token's log-prob under that distribution is kept on its Rollout (sampler_logp; recording_sampler)."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    amp = amp if dtype == torch.float32 else False  # a half copy (--sampler half) runs as it is, without autocast
     was_training = model.training
     model.eval()
     flat = [p for p in prompt_ids for _ in range(n)]

@@ -140,7 +140,8 @@ def check_device(device):
 
 CHOICES = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
            "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
-           "loss_agg": ("token-mean", "seq-mean", "constant")}
+           "loss_agg": ("token-mean", "seq-mean", "constant"), "amp_dtype": ("bf16", "fp16"), "sampler": ("policy", "half")}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp_dtype
 PATH_FLAGS = ("model", "train_data", "eval_data", "val_data", "data_dir", "out_dir")  # where ~ expands
 
 
@@ -172,6 +173,11 @@ def check_config(cfg):
     if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
         print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
               "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
+
+
+def precision(cfg):
+    """A run's autocast dtype (model.autocast): --amp_dtype's, or None (fp32) without --amp."""
+    return DTYPES[cfg.amp_dtype] if cfg.amp else None
 
 
 def check_machine(cfg):
@@ -281,7 +287,7 @@ def no_update(reason):
     tqdm.write(f"no update: {reason}")
     return {"grad_norm": 0.0, "pg_term": 0.0, "kl": None, "entropy": None, "clip_frac": 0.0, "approx_kl": 0.0,
             "trained_seqs": 0, "skipped": reason, "mismatch": None, "mismatch_kl": None, "mismatch_max": None,
-            "is_weight": None, "is_capped": None}
+            "is_weight": None, "is_capped": None, "loss_scale": None}
 
 
 # What to lower when a phase runs out of GPU memory, first knob first (docs/gpu.md: memory budget).
@@ -375,7 +381,7 @@ def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
         torch.manual_seed(cfg.seed + EVAL_SEED)
         results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
                                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           chunk=cfg.gen_chunk, amp=cfg.amp, max_prompt_tokens=cfg.max_prompt_tokens)
+                                           chunk=cfg.gen_chunk, amp=precision(cfg), max_prompt_tokens=cfg.max_prompt_tokens)
     log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
     tqdm.write(f"eval step {step}: " + " | ".join(
         f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"
@@ -485,12 +491,13 @@ def save_model(model, tokenizer, path, trainer_state=None):
     return tmp
 
 
-def save_checkpoint(model, tokenizer, opt, step, cfg):
+def save_checkpoint(model, tokenizer, opt, step, cfg, scaler=None):
     rng = {"python": random.getstate(), "torch": torch.get_rng_state(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     final = os.path.join(cfg.out_dir, "ckpt")
     tmp = save_model(model, tokenizer, final,
-                     {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg)})
+                     {"step": step, "optimizer": opt.state_dict(), "rng": rng, "config": asdict(cfg),
+                      "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None})
     # The previous newest becomes ckpt-<its step>, and the oldest beyond keep_ckpts are deleted.
     if os.path.exists(final):
         with open(os.path.join(final, "trainer_state.json")) as f:
@@ -517,10 +524,12 @@ def checkpoint_to_resume(cfg):
     return found[-1] if found else (0, None)
 
 
-def load_checkpoint(opt, path):
-    """Restore the optimizer, RNG states and step; the weights were loaded from the same folder."""
+def load_checkpoint(opt, path, scaler=None):
+    """Restore the optimizer, fp16's loss scale, RNG states and step; the weights were loaded from the same folder."""
     state = torch.load(os.path.join(path, "trainer_state.pt"), map_location="cpu", weights_only=False)
     opt.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
     random.setstate(state["rng"]["python"])
     torch.set_rng_state(state["rng"]["torch"])
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():

@@ -24,13 +24,14 @@ import torch
 from tqdm import tqdm
 
 import tiny
-from data import load_eval_sets, load_train_rows, mean_by_level
+from data import load_data, mean_by_level
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
-from model import completion_logprobs, encode_prompts, load_model, load_tokenizer, pack, rollout, stop_token_ids
+from model import autocast, completion_logprobs, half_copy, load_model, pack, refresh_copy, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
-from runtime import (catch_stop_signals, check_config, check_machine, checkpoint_to_resume, halt_reason,
+from runtime import (DTYPES, catch_stop_signals, check_config, check_machine, checkpoint_to_resume, halt_reason,
                      held_out_eval, load_checkpoint, log_row, no_update, oom_hint, open_wandb, parse_flags,
-                     print_results, progress, run_folder, save_checkpoint, skip_reason, step_metrics, truncate_logs)
+                     precision, print_results, progress, run_folder, save_checkpoint, skip_reason, step_metrics,
+                     truncate_logs)
 
 
 @dataclass
@@ -95,7 +96,9 @@ class Config:
     seed: int = 0  # seeds the data order, sampling and the testbed
     # --- engineering (memory and speed: docs/gpu.md)
     device: str = "auto"  # 'cuda', 'cpu' or 'auto'
-    amp: bool = True  # bf16 autocast over fp32 master weights (also runs on the CPU, slowly)
+    amp: bool = True  # autocast over fp32 master weights (also runs on the CPU, slowly)
+    amp_dtype: str = "bf16"  # autocast dtype: 'bf16', or 'fp16' with a loss scaler (Qi et al. 2025: less mismatch)
+    sampler: str = "policy"  # generate from 'policy' (fp32 under autocast) or 'half': a copy in amp_dtype
     grad_checkpointing: bool = True  # recompute activations in the backward pass to save memory (CUDA only)
     gen_chunk: int = 128  # sequences per generate call: bounds the KV cache
     micro_batch: int = 8  # sequences per forward/backward; gradients accumulate over the step
@@ -131,7 +134,7 @@ def roll_out(model, tokenizer, prompt_ids, cfg, stop_ids, batch):
     votes = cfg.votes_per_prompt or cfg.samples_per_prompt
     with oom_hint("generation", cfg), progress(len(batch) * votes, "rollout") as bar:
         return rollout(model, tokenizer, [prompt_ids[i] for i in batch], votes, cfg.max_new_tokens,
-                       cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, cfg.amp, bar)
+                       cfg.temperature, cfg.top_p, cfg.gen_chunk, stop_ids, precision(cfg), bar)
 
 
 def vote(outs, votes):
@@ -299,7 +302,7 @@ def sequence_logprobs(model, rollouts, cfg, device, amp, pad_id):
     for s in range(0, len(rollouts), cfg.micro_batch):
         mb = rollouts[s:s + cfg.micro_batch]
         ids, attn, comp, mask = pack(mb, pad_id, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logp, _ = completion_logprobs(model, ids, attn, comp, mask, cfg.temperature, cfg.logprob_chunk)
         out += [lp[:len(r.completion_ids)].float().cpu() for lp, r in zip(logp, mb)]
     return out
@@ -314,15 +317,16 @@ def before_update(model, ref_model, train_outs, R, labelled, cfg, device, pad_id
     kl_in_reward = ref_model is not None and cfg.kl_in == "reward" and bool(train_outs)
     if not train_outs or (n_updates == 1 and not kl_in_reward):
         return None, R, None
-    old_logps = sequence_logprobs(model, train_outs, cfg, device, cfg.amp, pad_id)
+    old_logps = sequence_logprobs(model, train_outs, cfg, device, precision(cfg), pad_id)
     if not kl_in_reward:
         return old_logps, R, None
-    ref_logps = sequence_logprobs(ref_model, train_outs, cfg, device, cfg.amp, pad_id)
+    ref_logps = sequence_logprobs(ref_model, train_outs, cfg, device, precision(cfg), pad_id)
     trained = torch.tensor(labelled).repeat_interleave(R.shape[1])                     # [B*n]
     return (old_logps, *reward_minus_kl(R, trained, old_logps, ref_logps, cfg))
 
 
-def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm, sums, cfg, device, amp, pad_id):
+def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm, sums, cfg, device, amp, pad_id,
+                          scaler):
     """Forward and backward over the rollouts idx in micro-batches, accumulating one optimizer step's gradient;
     norm = (tokens, responses) of the whole update, so the objective does not depend on micro_batch. Adds the
     diagnostics to sums. -> (tokens trained, 'non-finite loss' or None)."""
@@ -330,7 +334,7 @@ def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm,
     for s in tqdm(range(0, len(idx), cfg.micro_batch), desc="update", leave=False, disable=None):
         mb = idx[s:s + cfg.micro_batch]
         ids, attn, comp, mask = pack([rollouts[i] for i in mb], pad_id, device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logp, entropy = completion_logprobs(model, ids, attn, comp, mask, cfg.temperature,
                                                 cfg.logprob_chunk, entropy_grad=bool(cfg.entropy_coef))
             ref_logp = None
@@ -347,7 +351,7 @@ def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm,
         loss = aggregate(loss, mask, cfg.loss_agg, *norm, cfg.max_new_tokens)
         if not math.isfinite(loss.item()):
             bad = "non-finite loss"
-        loss.backward()
+        scaler.scale(loss).backward()  # fp16: the loss scaled up, so small gradients do not flush to 0
         for key, v in st.items():
             sums[key] = max(sums.get(key, 0.0), v) if key.endswith("_max") else sums.get(key, 0.0) + v
         sums["entropy_sum"] += (entropy.detach() * mask).sum().item()
@@ -355,14 +359,17 @@ def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm,
     return tokens, bad
 
 
-def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_logps=None):
+def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_logps=None, scaler=None):
     """Step 6: ppo_epochs x minibatches optimizer steps over the step's rollouts (the paper: 1 x 1, one
     on-policy update). Each optimizer step covers a prompt-major slice of the rollouts, in micro-batches
     sorted by length, with one normaliser for the whole slice (loss_agg). adv: [len(rollouts)].
     ref_model: given when the KL is in the loss. old_logps: the sampling policy's per-token log-probs, needed
     for every update after the first; None for one update, where pi_old is the current policy.
-    A NaN/inf loss or grad norm skips the optimizer step, so neither the weights nor AdamW's moments see it."""
+    A NaN/inf loss or grad norm skips the optimizer step, so neither the weights nor AdamW's moments see it.
+    scaler: fp16's loss scaler (a no-op otherwise): gradients are unscaled before the clip, and an overflow skips
+    the step and halves the scale; while the scale is >= 1 that is the scaler settling, not a fault."""
     model.train()
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=False)
     assert old_logps is not None or cfg.ppo_epochs * cfg.minibatches == 1, \
         "several updates need the sampling policy's log-probs"
     N = len(rollouts)
@@ -378,15 +385,18 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             idx.sort(key=lambda i: len(rollouts[i].prompt_ids) + len(rollouts[i].completion_ids))
             opt.zero_grad(set_to_none=True)
             tokens, bad = backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps,
-                                                (n_tokens, len(part)), sums, cfg, device, amp, pad_id)
+                                                (n_tokens, len(part)), sums, cfg, device, amp, pad_id, scaler)
+            scaler.unscale_(opt)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             if bad is None and not math.isfinite(grad_norm):
-                bad = "non-finite grad norm"
+                settling = scaler.is_enabled() and scaler.get_scale() >= 1
+                bad = f"fp16 overflow at loss scale {scaler.get_scale():g}" if settling else "non-finite grad norm"
             if bad:
                 tqdm.write(f"warning: {bad} (grad norm {grad_norm}); update skipped")
                 skipped = bad
             elif tokens > 0:
-                opt.step()
+                scaler.step(opt)
+            scaler.update()
             grad_norms.append(grad_norm)
             sums["trained_tokens"] += tokens
             sums["norm_tokens"] += n_tokens
@@ -401,7 +411,8 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
             # sampler against learner, per scored token: mean |log p difference|, k3 KL, the largest difference
             "mismatch": per_token("mismatch_sum"), "mismatch_kl": per_token("mismatch_kl_sum"),
             "mismatch_max": sums.get("mismatch_max"),
-            "is_weight": per_token("is_weight_sum"), "is_capped": per_token("is_capped_sum")}
+            "is_weight": per_token("is_weight_sum"), "is_capped": per_token("is_capped_sum"),
+            "loss_scale": scaler.get_scale() if scaler.is_enabled() else None}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -438,40 +449,19 @@ def online_filter(batch, outs, groups, roll, step, n_rows, cfg):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Setting up a run
-
-
-def load_data(cfg, ckpt):
-    """All a run reads before the weights load, so that a bad row costs seconds, not a model load: the
-    tokenizer, the training rows and their prompt ids (over-long prompts dropped), and the held-out and
-    validation sets -> (tokenizer, rows, prompt_ids, eval sets, names of the validation sets). For the
-    testbed, the start model is first warmed up (supervised, with labels, as the paper's Reasoning Gym runs
-    start from a model that can do the task) and cached; after this, SRT uses no label."""
-    if cfg.model in tiny.TASKS:
-        cfg.model = tiny.tiny_warmup(seed=cfg.seed, task=cfg.model, target=cfg.warmup_target)
-    random.seed(cfg.seed)  # after the warm-up, so a run that had to build it equals one that found it cached
-    torch.manual_seed(cfg.seed)
-    tokenizer, rows = load_tokenizer(ckpt or cfg.model), load_train_rows(cfg)
-    prompt_ids = encode_prompts(tokenizer, [r["problem"] for r in rows], cfg.max_prompt_tokens)
-    keep = [i for i, p in enumerate(prompt_ids) if p is not None]
-    if len(keep) < len(rows):
-        print(f"filtered {len(rows) - len(keep)} of {len(rows)} training prompts longer than "
-              f"{cfg.max_prompt_tokens} tokens")
-    if not keep:
-        raise SystemExit(f"no training prompts left from '{cfg.train_data}'")
-    eval_sets = load_eval_sets(cfg.eval_data, cfg.data_dir, cfg.eval_limit)
-    val_sets = load_eval_sets(cfg.val_data, cfg.data_dir, cfg.eval_limit) if cfg.val_data else {}
-    return tokenizer, [rows[i] for i in keep], [prompt_ids[i] for i in keep], {**eval_sets, **val_sets}, list(val_sets)
+# Setting up a run (the data, warm-up and seeds first: data.load_data)
 
 
 def load_policy(cfg, ckpt, device):
-    """The policy (from the checkpoint when resuming) and the frozen start model for the KL."""
+    """The policy (from the checkpoint when resuming), the frozen start model for the KL, and the sampler."""
     model = load_model(ckpt or cfg.model, device, cfg.grad_checkpointing and device.type == "cuda")[0]
     ref_model = None
     if cfg.kl_coef > 0 or cfg.watch_kl:  # a frozen copy of the *start* model for the KL. Kept fp32 under the same
         # autocast as the policy: a bf16 copy computes differently, and the KL would start above 0.
         ref_model = load_model(cfg.model, device)[0].eval().requires_grad_(False)
-    return model, ref_model
+    # --sampler half: generate from a copy in amp_dtype (fp32 LM head), without autocast's casts at each decode step
+    sampler = model if cfg.sampler == "policy" else half_copy(model, DTYPES[cfg.amp_dtype])
+    return model, ref_model, sampler
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -489,13 +479,14 @@ def main(cfg):
         return None
     with run_folder(cfg):  # out_dir with config.json, removed again if the run is refused before it trains
         tokenizer, rows, prompt_ids, eval_sets, val = load_data(cfg, ckpt)
-        model, ref_model = load_policy(cfg, ckpt, device)
+        model, ref_model, sampler = load_policy(cfg, ckpt, device)  # sampler: what every generate call uses
         stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
         if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
-            rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, model, tokenizer, cfg, stop_ids)
+            rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, sampler, tokenizer, cfg, stop_ids)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        scaler = torch.amp.GradScaler(device.type, enabled=precision(cfg) == torch.float16)  # fp16's loss scale
         if ckpt:
-            load_checkpoint(opt, ckpt)
+            load_checkpoint(opt, ckpt, scaler)
     truncate_logs(cfg.out_dir, start)  # rows a crash left past the checkpoint would be logged twice
     wb, (stop, restore_signals) = open_wandb(cfg), catch_stop_signals()  # Ctrl-C/SIGTERM: finish the step, save
     n_params, n = sum(p.numel() for p in model.parameters()), cfg.samples_per_prompt
@@ -504,9 +495,9 @@ def main(cfg):
           f"| {cfg.prompts_per_step} prompts x {n} samples per step | steps {start}->{cfg.steps}")
     best, evals, nonfinite_streak = best_so_far(val, start, cfg), {}, 0
     if start == 0:
-        evals[0] = held_out_eval(model, tokenizer, eval_sets, 0, cfg, device, wb)
+        evals[0] = held_out_eval(sampler, tokenizer, eval_sets, 0, cfg, device, wb)
         keep_best(model, tokenizer, evals[0], 0, best, val, cfg)
-    roll = functools.partial(roll_out, model, tokenizer, prompt_ids, cfg, stop_ids)  # roll(batch) -> rollouts
+    roll = functools.partial(roll_out, sampler, tokenizer, prompt_ids, cfg, stop_ids)  # roll(batch) -> rollouts
     step, bar = start, tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
                             desc="SRT" if cfg.label == "majority" else "RL")
     for step in bar:
@@ -534,8 +525,10 @@ def main(cfg):
         skip = skip_reason(R, labelled)
         with oom_hint("update", cfg):
             stats = no_update(skip) if skip else update(
-                model, ref_model if cfg.kl_in == "loss" else None, opt, train_outs, adv, cfg, device, cfg.amp,
-                pad_id, old_logps if cfg.ppo_epochs * cfg.minibatches > 1 else None)
+                model, ref_model if cfg.kl_in == "loss" else None, opt, train_outs, adv, cfg, device, precision(cfg),
+                pad_id, old_logps if cfg.ppo_epochs * cfg.minibatches > 1 else None, scaler)
+        if sampler is not model:
+            refresh_copy(sampler, model)  # the half sampler gets the updated weights
         stats["kl"] = kl_reward if kl_reward is not None else stats["kl"]
         nonfinite_streak = nonfinite_streak + 1 if (stats["skipped"] or "").startswith("non-finite") else 0
         opt.zero_grad(set_to_none=True)  # free the gradients (5.75 GiB at 1.5B) before the next rollout's KV cache
@@ -547,13 +540,13 @@ def main(cfg):
         # evals, and the mitigations that end a run (paper §5): a label-free alarm, early stopping
         reason = collapse_alarm(metrics, cfg)
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps and not reason:
-            evals[step + 1] = held_out_eval(model, tokenizer, eval_sets, step + 1, cfg, device, wb)
+            evals[step + 1] = held_out_eval(sampler, tokenizer, eval_sets, step + 1, cfg, device, wb)
             keep_best(model, tokenizer, evals[step + 1], step + 1, best, val, cfg)
             if cfg.early_stop and step + 1 - best["step"] >= cfg.early_stop * cfg.eval_every:
                 reason = f"early stop: no gain on {cfg.val_data} since step {best['step']} (avg@k {best['avg']:.3f})"
         halt = halt_reason(stop, nonfinite_streak, cfg)
         if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps or halt or reason:
-            save_checkpoint(model, tokenizer, opt, step + 1, cfg)
+            save_checkpoint(model, tokenizer, opt, step + 1, cfg, scaler)
         if halt:
             restore_signals()
             raise SystemExit(f"{halt}. Checkpoint of step {step + 1} saved in {cfg.out_dir}/ckpt; --resume continues.")
@@ -565,7 +558,7 @@ def main(cfg):
         step = cfg.steps
     restore_signals()
     if start < step:
-        evals[step] = evals.get(step) or held_out_eval(model, tokenizer, eval_sets, step, cfg, device, wb)
+        evals[step] = evals.get(step) or held_out_eval(sampler, tokenizer, eval_sets, step, cfg, device, wb)
     if wb is not None:
         wb.finish()
     print_results(cfg, evals.get(0), evals.get(step) if start < step else None, step)  # and the next commands

@@ -328,6 +328,49 @@ def test_the_sampler_records_what_it_drew_from_and_the_run_logs_the_mismatch(tmp
     assert all(r["is_weight"] is None for r in rows)  # off unless --is_cap
 
 
+def test_fp16_runs_with_a_loss_scaler_whose_settling_skips_are_not_faults(tmp_path, monkeypatch):
+    """--amp_dtype fp16: the loss is scaled for the backward and the gradient unscaled before the clip. A scale
+    too high overflows: the step is skipped (AdamW never sees it), the scale halves, and the run goes on past
+    --max_nonfinite, since that is the scaler settling, not a fault. The scale is checkpointed for resume."""
+    cfg = run(tmp_path, "fp16", amp=True, amp_dtype="fp16", kl_coef=0.0, steps=2, eval_limit=2, eval_samples=2)
+    selftrain.main(cfg)
+    rows = metrics(cfg)
+    assert [r["skipped"] for r in rows] == [None, None] and all(r["loss_scale"] == 65536.0 for r in rows)
+    assert all(r["mismatch"] is not None and r["mismatch"] < 0.01 for r in rows)
+    state = torch.load(os.path.join(cfg.out_dir, "ckpt", "trainer_state.pt"), weights_only=False)
+    assert state["scaler"]["scale"] == 65536.0
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda *a, **k: real(*a, **{**k, "init_scale": 2.0 ** 100}))
+    cfg = run(tmp_path, "overflow", amp=True, amp_dtype="fp16", kl_coef=0.0, steps=4, max_nonfinite=2,
+              eval_limit=2, eval_samples=2)
+    selftrain.main(cfg)                                     # no SystemExit: overflows are not a NaN/inf streak
+    rows = metrics(cfg)
+    assert all(r["skipped"].startswith("fp16 overflow") for r in rows)
+    assert [r["loss_scale"] for r in rows] == [2.0 ** (99 - i) for i in range(4)]
+    a, b = load_model(WARM)[0].state_dict(), load_model(os.path.join(cfg.out_dir, "ckpt"))[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)          # no step touched the weights
+
+
+def test_the_half_sampler_is_the_policy_in_half_precision_refreshed_after_each_update(tmp_path, tiny):
+    """--sampler half: every generate call samples from a copy in --amp_dtype whose LM head stays fp32, filled
+    from the policy after each update; the mismatch it brings is logged (bf16: ~1e-3 per token here)."""
+    from model import half_copy, refresh_copy
+    model, tok = tiny
+    policy = tiny_model(tok, seed=3)
+    half = half_copy(policy, torch.bfloat16)
+    assert half.get_output_embeddings().weight.dtype == torch.float32 and half.model.embed_tokens.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.01)
+    refresh_copy(half, policy)
+    for name, t in policy.state_dict().items():
+        assert torch.equal(half.state_dict()[name], t.to(half.state_dict()[name].dtype)), name
+    cfg = run(tmp_path, "half", amp=True, sampler="half", kl_coef=0.0, steps=2, eval_limit=2, eval_samples=2)
+    selftrain.main(cfg)
+    rows = metrics(cfg)
+    assert [r["skipped"] for r in rows] == [None, None] and all(1e-5 < r["mismatch"] < 0.05 for r in rows)
+
+
 def test_update_gradient_does_not_depend_on_micro_batch_size(tiny):
     """One token normaliser for the whole step: micro-batching must not change the objective."""
     model, tok = tiny
@@ -522,8 +565,9 @@ def refuse_to_load(monkeypatch):
     """Make every loader fail the test: a bad flag must be refused before any of them runs."""
     def fail(*a, **k):
         raise AssertionError("something loaded before the bad flag was refused")
-    for name in ("load_model", "load_tokenizer", "load_train_rows", "load_eval_sets"):
-        monkeypatch.setattr(selftrain, name, fail)
+    monkeypatch.setattr(selftrain, "load_model", fail)
+    for name in ("load_tokenizer", "load_train_rows", "load_eval_sets"):
+        monkeypatch.setattr(data, name, fail)
     monkeypatch.setattr(testbed, "tiny_warmup", fail)
     monkeypatch.setattr(evaluation, "load_model", fail)
 
@@ -1259,7 +1303,7 @@ def test_offline_labels_replace_the_majority_and_curriculum_keeps_the_easiest():
 
 def test_teacher_votes_are_computed_once_and_drive_offline_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(testbed, "tiny_heldout", lambda n=200, task="tiny": tiny_task(4, seed=testbed.EVAL_SEED))
-    monkeypatch.setattr(selftrain, "load_train_rows", lambda cfg: tiny_task(8, seed=5))
+    monkeypatch.setattr(data, "load_train_rows", lambda cfg: tiny_task(8, seed=5))
     cfg = run(tmp_path, "offline", label="offline", curriculum=0.5, teacher_samples=4, steps=1, kl_coef=0.0)
     selftrain.main(cfg)
     with open(os.path.join(cfg.out_dir, "teacher.json")) as f:
@@ -1319,7 +1363,6 @@ def test_test_time_training_trains_on_the_eval_problems():
 
 # ------------------------------------------------------------------- the ablation knobs, one flag each
 
-import math
 from collections import Counter
 
 from selftrain import aggregate, kl_estimate, reward_minus_kl, train_subset
@@ -1922,6 +1965,21 @@ def test_the_gpu_rollout_bench_dry_runs_on_the_cpu():
                           capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert prof.returncode == 0, prof.stderr[-2000:]
     assert "profile, today" in prof.stdout and "aten::" in prof.stdout
+
+
+def test_bench_mismatch_and_host_cost_rows_measure_what_they_say(monkeypatch):
+    """Row 8: the fp32 sampler matches its learner to float rounding and bf16 autocast does not. Row 9: autocast
+    adds aten calls (its casts) to each decode step that a half copy, running without it, does not make."""
+    import bench
+    testbed_only = bench.gap_models()[:1]
+    monkeypatch.setattr(bench, "gap_models", lambda: testbed_only)
+    rows = {label: (mean, mx, kl) for _, label, mean, mx, kl in bench.mismatch_table(n=2, max_new_tokens=16)}
+    assert set(bench.SAMPLERS) <= set(rows) and len(rows) == len(bench.SAMPLERS) + 2
+    assert rows["fp32"][0] < 1e-5 and rows["bf16 autocast"][0] > 10 * rows["fp32"][0]
+    assert rows["bf16 copy"][0] > rows["bf16 autocast"][0]   # bf16 weights round more than bf16 activations
+    cost = {label: (ms, calls) for label, ms, calls in bench.host_cost(batch=2, tokens=3, reps=1)}
+    assert set(cost) == set(bench.SAMPLERS) and all(ms > 0 for ms, _ in cost.values())
+    assert cost["bf16 autocast"][1] > cost["fp32"][1] and cost["bf16 copy"][1] < cost["bf16 autocast"][1]
 
 
 def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
