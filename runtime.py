@@ -140,7 +140,8 @@ def check_device(device):
 
 CHOICES = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
            "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
-           "loss_agg": ("token-mean", "seq-mean", "constant"), "amp_dtype": ("bf16", "fp16"), "sampler": ("policy", "half")}
+           "loss_agg": ("token-mean", "seq-mean", "constant"), "amp_dtype": ("bf16", "fp16"),
+           "sampler": ("policy", "half")}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp_dtype
 PATH_FLAGS = ("model", "train_data", "eval_data", "val_data", "data_dir", "out_dir")  # where ~ expands
 
@@ -381,7 +382,8 @@ def held_out_eval(model, tokenizer, sets, step, cfg, device, wb):
         torch.manual_seed(cfg.seed + EVAL_SEED)
         results = evaluation.evaluate_sets(model, tokenizer, sets, k=cfg.eval_samples,
                                            max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                           chunk=cfg.gen_chunk, amp=precision(cfg), max_prompt_tokens=cfg.max_prompt_tokens)
+                                           chunk=cfg.gen_chunk, amp=precision(cfg),
+                                           max_prompt_tokens=cfg.max_prompt_tokens)
     log_row(cfg, "eval.jsonl", {"step": step, **results}, wb, prefix="eval/")
     tqdm.write(f"eval step {step}: " + " | ".join(
         f"{name} avg@{cfg.eval_samples} {r['avg']:.3f} maj@{cfg.eval_samples} {r['maj']:.3f}"

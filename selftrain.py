@@ -107,7 +107,8 @@ class Config:
 
 
 def parse_config(argv=None):
-    """Every Config field is a flag (runtime.parse_flags); --tiny first applies the testbed's defaults (tiny.DEFAULTS)."""
+    """Every Config field is a flag (runtime.parse_flags); --tiny first applies the testbed's defaults
+    (tiny.DEFAULTS)."""
     return parse_flags(Config, argv, __doc__, tiny.DEFAULTS)
 
 
@@ -345,8 +346,8 @@ def backward_microbatches(model, ref_model, rollouts, idx, adv, old_logps, norm,
         # One update: pi_old is the current policy, so no extra forward is needed.
         old_logp = logp.detach() if old_logps is None else torch.nn.utils.rnn.pad_sequence(
             [old_logps[i] for i in mb], batch_first=True).to(device)            # [b, C]
-        sampler_logp = None if any(rollouts[i].sampler_logp is None for i in mb) else \
-            torch.nn.utils.rnn.pad_sequence([torch.tensor(rollouts[i].sampler_logp) for i in mb], batch_first=True).to(device)
+        sampler_logp = None if any(rollouts[i].sampler_logp is None for i in mb) else torch.nn.utils.rnn.pad_sequence(
+            [torch.tensor(rollouts[i].sampler_logp) for i in mb], batch_first=True).to(device)  # [b, C]
         loss, st = policy_loss(logp, old_logp, ref_logp, entropy, adv[mb].to(device), mask, cfg, sampler_logp)
         loss = aggregate(loss, mask, cfg.loss_agg, *norm, cfg.max_new_tokens)
         if not math.isfinite(loss.item()):
@@ -483,7 +484,8 @@ def main(cfg):
         stop_ids, pad_id = stop_token_ids(model, tokenizer), tokenizer.pad_token_id
         if cfg.label == "offline" or cfg.curriculum < 1:  # the start model votes once on every prompt (paper §5)
             rows, prompt_ids = offline_labels_and_curriculum(rows, prompt_ids, sampler, tokenizer, cfg, stop_ids)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                fused=device.type == "cuda")
         scaler = torch.amp.GradScaler(device.type, enabled=precision(cfg) == torch.float16)  # fp16's loss scale
         if ckpt:
             load_checkpoint(opt, ckpt, scaler)
