@@ -714,12 +714,12 @@ def rollout_engines(policy, sampler, run, eos, pad, names):
 def learner_gap(policy, outs, pad, amp=True):
     """Mean and max per-token |log p| gap between what an engine drew each token from (o.sampler_logp) and what
     the update scores: completion_logprobs of the fp32 policy under autocast (amp: bf16, or a dtype), as
-    selftrain.update runs it, measured by the update's own selftrain.mismatch. -> (mean, max, k3 KL per token)."""
+    selftrain.update runs it, measured by the update's own runtime.mismatch. -> (mean, max, k3 KL per token)."""
     ids, attn, comp, mask = pack(outs, pad, policy.device)
     with torch.no_grad(), autocast(policy.device, amp):
         logp, _ = completion_logprobs(policy, ids, attn, comp, mask)
     sampler = torch.nn.utils.rnn.pad_sequence([torch.tensor(o.sampler_logp) for o in outs], batch_first=True)
-    m, n = selftrain.mismatch(logp.float(), sampler.to(logp.device), mask), mask.sum().item()
+    m, n = runtime.mismatch(logp.float(), sampler.to(logp.device), mask), mask.sum().item()
     return m["mismatch_sum"] / n, m["mismatch_max"], m["mismatch_kl_sum"] / n
 
 

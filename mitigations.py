@@ -6,7 +6,7 @@ are the offline labels (--label offline), and its majority shares rank the promp
 curriculum (--curriculum, `easiest`). During training, early stopping keeps the model that scores best on a
 small labelled hold-out (--early_stop, `keep_best`), and label-free alarms stop a run whose prompts all
 get one answer (--collapse_alarm) or whose policy drifts from the start model (--kl_alarm). The online
-filter (--filter_share) changes each step's batch, so it sits beside the loop in selftrain.py.
+filter (--filter_share, `online_filter`) changes each step's batch: the loop calls it after its vote.
 """
 import json
 import os
@@ -115,3 +115,31 @@ def collapse_alarm(metrics, cfg):
             return (f"KL alarm: KL to the start model {kl:.3f} over the last {KL_WINDOW} steps "
                     f"> {cfg.kl_alarm:g} (reward {metrics['reward']:.2f})")
     return None
+
+
+FILTER_ROUNDS = 4  # the online filter rolls out at most this many candidate batches per step
+
+
+def online_filter(batch, outs, groups, roll, step, n_rows, cfg, batch_indices, vote):
+    """The online curriculum (paper v2 App. I.7, DAPO-style): drop prompts whose majority share is below
+    filter_share, and refill with fresh prompts until B remain (at most FILTER_ROUNDS rollouts; a short batch
+    trains as it is, and if none passes, the most agreed-on prompt of the last round trains alone).
+    roll(batch) samples a batch's rollouts; batch_indices and vote are the loop's steps 1 and 3. Refills come
+    from their own seeded stream, so a resumed run draws the same ones. -> the kept (batch, outs, groups)."""
+    votes, B = len(outs) // len(batch), cfg.prompts_per_step
+    kept = []  # (prompt index, its rollouts, its vote)
+    for r in range(FILTER_ROUNDS):
+        if r:
+            batch = batch_indices(step * FILTER_ROUNDS + r, n_rows, B, cfg.seed + 1)
+            outs = roll(batch)
+            groups = vote(outs, votes)
+        shares = [majority_vote(*group)[1] / votes for group in groups]
+        kept += [(i, outs[g * votes:(g + 1) * votes], groups[g]) for g, i in enumerate(batch)
+                 if shares[g] >= cfg.filter_share]
+        if len(kept) >= B:
+            break
+    if not kept:
+        g = max(range(len(batch)), key=lambda g: shares[g])
+        kept = [(batch[g], outs[g * votes:(g + 1) * votes], groups[g])]
+    kept = kept[:B]
+    return [i for i, _, _ in kept], [o for _, group, _ in kept for o in group], [v for _, _, v in kept]

@@ -408,6 +408,15 @@ def step_metrics(step, cfg, R, outs, groups, train_outs, label_stats, stats, tim
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
+def mismatch(learner_logp, sampler_logp, mask):
+    """How far the sampler is from the learner on the tokens scored: learner_logp, sampler_logp, mask [b, C] ->
+    sums over tokens of |d| and of exp(d) - d - 1 (the k3 estimate of KL(sampler || learner), the tokens being
+    the sampler's draws), and the largest |d|, d = learner - sampler; in fp64, as k3 ~ d^2 / 2 is tiny."""
+    d = ((learner_logp - sampler_logp) * mask).double()                      # [b, C]
+    return {"mismatch_sum": d.abs().sum().item(), "mismatch_kl_sum": (torch.expm1(d) - d).sum().item(),
+            "mismatch_max": d.abs().max().item()}
+
+
 def print_results(cfg, first, last, step):
     """The end of a run: the held-out change from the start model to the last eval, one line per set, then
     where the results are and the commands to run next, each working from what this run wrote."""

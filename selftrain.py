@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 import tiny
 from data import load_data, mean_by_level
-from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum
+from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum, online_filter
 from model import autocast, completion_logprobs, half_copy, load_model, pack, refresh_copy, rollout, stop_token_ids
 from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
 from runtime import (DTYPES, catch_stop_signals, check_config, check_machine, checkpoint_to_resume, halt_reason,
-                     held_out_eval, load_checkpoint, log_row, no_update, oom_hint, open_wandb, parse_flags,
+                     held_out_eval, load_checkpoint, log_row, mismatch, no_update, oom_hint, open_wandb, parse_flags,
                      precision, print_results, progress, run_folder, save_checkpoint, skip_reason, step_metrics,
                      truncate_logs)
 
@@ -270,15 +270,6 @@ def policy_loss(logp, old_logp, ref_logp, entropy, adv, mask, cfg, sampler_logp=
     return loss, stats
 
 
-def mismatch(learner_logp, sampler_logp, mask):
-    """How far the sampler is from the learner on the tokens scored: learner_logp, sampler_logp, mask [b, C] ->
-    sums over tokens of |d| and of exp(d) - d - 1 (the k3 estimate of KL(sampler || learner), the tokens being
-    the sampler's draws), and the largest |d|, d = learner - sampler; in fp64, as k3 ~ d^2 / 2 is tiny."""
-    d = ((learner_logp - sampler_logp) * mask).double()                      # [b, C]
-    return {"mismatch_sum": d.abs().sum().item(), "mismatch_kl_sum": (torch.expm1(d) - d).sum().item(),
-            "mismatch_max": d.abs().max().item()}
-
-
 def aggregate(loss, mask, kind, n_tokens, n_seqs, max_new_tokens):
     """This micro-batch's share of one update's scalar loss. loss, mask: [b, C]; n_tokens and n_seqs
     count the whole update's responses, so micro-batching never changes the objective.
@@ -417,39 +408,6 @@ def update(model, ref_model, opt, rollouts, adv, cfg, device, amp, pad_id, old_l
 
 
 # ------------------------------------------------------------------------------------------------------
-# The online filter, a mitigation of reward hacking that changes each step's batch (the others, paper §5,
-# are in mitigations.py)
-
-
-FILTER_ROUNDS = 4  # the online filter rolls out at most this many candidate batches per step
-
-
-def online_filter(batch, outs, groups, roll, step, n_rows, cfg):
-    """The online curriculum (paper v2 App. I.7, DAPO-style): drop prompts whose majority share is below
-    filter_share, and refill with fresh prompts until B remain (at most FILTER_ROUNDS rollouts; a short batch
-    trains as it is, and if none passes, the most agreed-on prompt of the last round trains alone).
-    roll(batch) samples a batch's rollouts. Refills come from their own seeded stream, so a resumed run draws
-    the same ones. -> the kept (batch, outs, groups)."""
-    votes, B = len(outs) // len(batch), cfg.prompts_per_step
-    kept = []  # (prompt index, its rollouts, its vote)
-    for r in range(FILTER_ROUNDS):
-        if r:
-            batch = batch_indices(step * FILTER_ROUNDS + r, n_rows, B, cfg.seed + 1)
-            outs = roll(batch)
-            groups = vote(outs, votes)
-        shares = [majority_vote(*group)[1] / votes for group in groups]
-        kept += [(i, outs[g * votes:(g + 1) * votes], groups[g]) for g, i in enumerate(batch)
-                 if shares[g] >= cfg.filter_share]
-        if len(kept) >= B:
-            break
-    if not kept:
-        g = max(range(len(batch)), key=lambda g: shares[g])
-        kept = [(batch[g], outs[g * votes:(g + 1) * votes], groups[g])]
-    kept = kept[:B]
-    return [i for i, _, _ in kept], [o for _, group, _ in kept for o in group], [v for _, _, v in kept]
-
-
-# ------------------------------------------------------------------------------------------------------
 # Setting up a run (the data, warm-up and seeds first: data.load_data)
 
 
@@ -513,7 +471,7 @@ def main(cfg):
         # 3. extract each final answer and vote within each prompt's group
         groups = vote(outs, votes)
         if cfg.filter_share:  # the online filter (paper v2 App. I.7): keep agreed-on prompts, refill
-            batch, outs, groups = online_filter(batch, outs, groups, roll, step, len(rows), cfg)
+            batch, outs, groups = online_filter(batch, outs, groups, roll, step, len(rows), cfg, batch_indices, vote)
         t1 = time.time()
         # 4. label each prompt and reward each response; n of each group's voters train
         picks = train_subset(step, len(batch), votes, n, cfg.seed)                   # B lists of n indices

@@ -1553,8 +1553,8 @@ def test_online_filter_drops_disputed_prompts_and_refills_the_batch():
     group = lambda i: [Rollout([], [], text(i if i % 2 == 0 else f"{i}{j}"), False) for j in range(3)]
     roll = lambda idx: [o for i in idx for o in group(i)]
     first = [0, 1, 3]
-    filtered = lambda first, roll: selftrain.online_filter(first, roll(first), selftrain.vote(roll(first), 3),
-                                                           roll, 5, 40, cfg)
+    filtered = lambda first, roll: mitigations.online_filter(first, roll(first), selftrain.vote(roll(first), 3),
+                                                             roll, 5, 40, cfg, selftrain.batch_indices, selftrain.vote)
     batch, outs, groups = filtered(first, roll)
     assert len(batch) == 3 and len(outs) == 9 and batch[0] == 0 and all(i % 2 == 0 for i in batch)
     assert [o.text for o in outs] == [o.text for o in roll(batch)]          # each prompt keeps its own group
