@@ -218,8 +218,9 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
     no_repeat_ngram_size, min_new_tokens...), so generate runs with a blank one in its place (generate_raw).
     Each sampled token's log-prob under that distribution is kept on its Rollout (sampler_logp; recording_sampler)."""
     stop_ids = stop_ids or stop_token_ids(model, tokenizer)
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
-    amp = amp if dtype == torch.float32 else False  # a half copy (--sampler half) runs as it is, without autocast
+    first = next(model.parameters())
+    device = first.device
+    amp = amp if first.dtype == torch.float32 else False  # a half copy (--sampler half) runs as it is, no autocast
     was_training = model.training
     model.eval()
     flat = [p for p in prompt_ids for _ in range(n)]

@@ -38,8 +38,10 @@ def read_run(folder):
     if not any(os.path.exists(os.path.join(folder, f)) for f in ("metrics.jsonl", "eval.jsonl")):
         raise SystemExit(f"{folder}: no metrics.jsonl or eval.jsonl (a run's --out_dir holds them)")
     config = os.path.join(folder, "config.json")
-    with open(config) if os.path.exists(config) else open(os.devnull) as f:
-        cfg = json.loads(f.read() or "{}")
+    cfg = {}
+    if os.path.exists(config):
+        with open(config) as f:
+            cfg = json.load(f)
     return {"metrics": read_jsonl(os.path.join(folder, "metrics.jsonl")),
             "evals": read_jsonl(os.path.join(folder, "eval.jsonl")), "config": cfg}
 

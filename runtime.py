@@ -183,7 +183,8 @@ def precision(cfg):
 
 def check_machine(cfg):
     """After the flag checks, before anything loads or downloads: the one-GPU recipe needs a GPU, and every model
-    and dataset the run names must be a local path or a hub id that exists, asked in seconds (check_source)."""
+    and dataset the run names must be a local path or a hub id that exists, asked in seconds (check_source).
+    The run accepted, transformers' own progress bars are silenced for it (quiet_transformers_bars)."""
     import data
     import tiny
     if cfg.device == "auto" and not torch.cuda.is_available() and not cfg.tiny:
@@ -216,10 +217,12 @@ def check_source(flag, name, kind="model", hub_id=None):
     name such as math12k loads). Refused in one line, in seconds: a two-part name such as out/ckpt is both a
     folder and a hub id, so the line says both."""
     hub_id = hub_id or name
-    if hub_id == name and os.path.exists(name):
-        return
-    if hub_id == name and (name.startswith((".", "/")) or name.endswith(FILE_TYPES) or not HUB_ID.fullmatch(name)):
-        raise SystemExit(f"--{flag} {name}: no such file or folder")
+    if hub_id == name:
+        check_path(flag, name)  # a path (./x, /x, x.jsonl) that is missing
+        if os.path.exists(name):
+            return
+        if not HUB_ID.fullmatch(name):
+            raise SystemExit(f"--{flag} {name}: no such file or folder")
     why = hub_lookup(hub_id, kind)
     if why:
         what = (f"no {'folder' if kind == 'model' else 'file or folder'} '{name}', and " if hub_id == name
