@@ -9,6 +9,7 @@ The offline testbed's tokenizer and model are built in tiny.py and go through ex
 """
 import copy
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -155,6 +156,8 @@ class Rollout:
     text: str
     truncated: bool
     sampler_logp: list = None  # log-prob of each completion token under what generate drew it from (sampled only)
+    entropy: float = None  # mean over the response's tokens (EOS in) of H(p_t), p_t the tempered sampling distribution
+    self_certainty: float = None  # the same mean of KL(uniform || p_t) (Intuitor's self-certainty): token_confidence
 
 
 def left_pad(seqs, pad_id):
@@ -178,24 +181,37 @@ def completion_lengths(completions, stop_ids):
     return lengths, ~has_stop
 
 
-def recording_sampler(temperature, top_p):
+def token_confidence(scores, vocab):
+    """Per-token confidence of a sampling distribution: scores [b, V] tempered logits -> entropy H(p) [b] and
+    self-certainty KL(U || p) = -log V' - mean_j log p_j [b], p = softmax over the first `vocab` = V' ids only: Qwen
+    pads its embedding rows past the tokenizer's, and KL(U || p) would count those never-drawn ids. Computed
+    before top-p, where KL(U || p) is finite (it is infinite on a truncated distribution)."""
+    logp = torch.log_softmax(scores[:, :vocab].float(), dim=-1)             # [b, V']
+    return -(logp.exp() * logp).sum(-1), -math.log(logp.shape[1]) - logp.mean(-1)
+
+
+def recording_sampler(temperature, top_p, vocab):
     """generate's sampling with the log-prob of every drawn token recorded -> (generate kwargs, records: a dict
     of per-step [b] tensors). generate applies its own temperature and top-p warpers after any processor it is
     given, so it gets temperature 1, top-p 1, top-k 0, and the same warpers run here in generate's order with
     the recorder between them: it sees softmax(logits / temperature) before top-p, which is what the update
     scores (at top-p < 1 the nucleus renormalises, so the mismatch measures numerics only). Only one [b, V] row
-    is kept: the drawn token is known once generate has appended it, when it calls its stopping criteria. Other
-    per-token statistics of the tempered distribution go into `gather` the same way."""
+    is kept: the drawn token is known once generate has appended it, when it calls its stopping criteria. The
+    entropy and self-certainty of the same distribution over the real vocabulary (token_confidence) are kept too,
+    [b] per step: the label-free rewards of --reward cost no second forward pass."""
     from transformers import LogitsProcessorList, StoppingCriteriaList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    records, row = {"logp": []}, {}
+    records, row = {"logp": [], "entropy": [], "self_certainty": []}, {}
 
     def stash(input_ids, scores):                                           # scores [b, V], tempered
         row["logp"] = torch.log_softmax(scores.float(), dim=-1)
+        row["entropy"], row["self_certainty"] = token_confidence(scores, vocab)  # [b], [b]
         return scores
 
     def gather(input_ids, scores, **kwargs):                                # input_ids [b, L]: the draw appended
         records["logp"].append(row.pop("logp").gather(1, input_ids[:, -1:]).squeeze(1))  # [b]
+        records["entropy"].append(row.pop("entropy"))
+        records["self_certainty"].append(row.pop("self_certainty"))
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
     warpers = ([TemperatureLogitsWarper(temperature)] if temperature != 1 else []) + [stash] + \
@@ -229,18 +245,23 @@ def rollout(model, tokenizer, prompt_ids, n, max_new_tokens, temperature=1.0, to
         seqs = flat[start:start + chunk]
         ids, mask = left_pad(seqs, tokenizer.pad_token_id)
         # temperature 0 = greedy decoding, for evaluation
-        sampling, records = recording_sampler(temperature, top_p) if temperature > 0 else (dict(do_sample=False), None)
+        sampling, records = (recording_sampler(temperature, top_p, len(tokenizer)) if temperature > 0
+                             else (dict(do_sample=False), None))
         with autocast(device, amp):
             gen = generate_raw(model, input_ids=ids.to(device), attention_mask=mask.to(device),
                                max_new_tokens=max_new_tokens, eos_token_id=stop_ids,
                                pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
         completions = gen[:, ids.shape[1]:]                                   # [chunk, <=max_new_tokens]
         lengths, truncated = completion_lengths(completions, stop_ids)
-        logps = torch.stack(records["logp"], 1).cpu() if records else None  # [chunk, <=max_new_tokens]
+        stats = {k: torch.stack(v, 1).cpu() for k, v in records.items()} if records else {}  # [chunk, <=max_new]
         for i, p in enumerate(seqs):
             c = completions[i, :lengths[i]].tolist()
-            out.append(Rollout(p, c, tokenizer.decode(c, skip_special_tokens=True), bool(truncated[i]),
-                               logps[i, :lengths[i]].tolist() if records else None))
+            out.append(Rollout(p, c, tokenizer.decode(c, skip_special_tokens=True), bool(truncated[i])))
+            if stats:  # sampled: each token's log-prob, and the response's mean entropy and self-certainty
+                tok = {k: v[i, :lengths[i]] for k, v in stats.items()}             # [len] each
+                out[-1].sampler_logp = tok["logp"].tolist()
+                out[-1].entropy = tok["entropy"].mean().item()
+                out[-1].self_certainty = tok["self_certainty"].mean().item()
         if progress is not None:
             progress.update(len(seqs))
     model.train(was_training)

@@ -11,7 +11,7 @@ import re
 from grader import is_equiv, vote_classes
 
 __all__ = ["extract_answer", "is_equiv", "grade", "vote_classes", "majority_vote", "agreement", "label_and_reward",
-           "self_rewards", "srt_reward"]
+           "confidence", "self_rewards", "srt_reward"]
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 _BRACE_RE = re.compile(r"\\.|[{}]", re.S)   # "\{" is an escaped brace, not a group
@@ -97,6 +97,14 @@ def label_and_reward(answers, fixed, source="majority", shape="binary", min_shar
     if label is not None and shape == "soft":
         return label, [classes.count(c) / len(answers) if c is not None else 0.0 for c in classes], majority, count
     return label, agreement(answers, classes, label), majority, count
+
+
+def confidence(rollout, signal):
+    """A response's label-free reward from its own confidence (--reward; docs/rewards.md), no answer needed: the
+    mean over its tokens, EOS in, of a statistic of the distribution each token was sampled from (recorded as it
+    was drawn: model.token_confidence). 'self_certainty': KL(uniform || p_t) (Intuitor, Zhao et al. 2025);
+    'neg_entropy': -H(p_t) (RENT, Prabhudesai et al. 2025). Both papers z-score them within the group (GRPO)."""
+    return rollout.self_certainty if signal == "self_certainty" else -rollout.entropy
 
 
 def self_rewards(responses):

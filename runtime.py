@@ -36,6 +36,8 @@ from dataclasses import asdict, fields
 import torch
 from tqdm import tqdm
 
+from rewards import confidence
+
 
 # ------------------------------------------------------------------------------------------------------
 # The command line: help from the Config's comments, and bad flags refused in one line that names the flag,
@@ -141,7 +143,7 @@ def check_device(device):
 CHOICES = {"label": ("majority", "gold", "offline"), "advantage": ("rloo", "grpo", "drgrpo"),
            "reward_shape": ("binary", "soft"), "kl_in": ("loss", "reward"), "kl_estimator": ("k1", "k3"),
            "loss_agg": ("token-mean", "seq-mean", "constant"), "amp_dtype": ("bf16", "fp16"),
-           "sampler": ("policy", "half")}
+           "sampler": ("policy", "half"), "reward": ("majority", "self_certainty", "neg_entropy")}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # --amp_dtype
 PATH_FLAGS = ("model", "train_data", "eval_data", "val_data", "data_dir", "out_dir")  # where ~ expands
 
@@ -158,6 +160,14 @@ def check_config(cfg):
             raise SystemExit(f"--{name} {getattr(cfg, name)}: expected one of {' | '.join(ok)}")
     if cfg.label != "majority" and (cfg.reward_shape != "binary" or cfg.min_majority_share > 0):
         raise SystemExit("--reward_shape soft and --min_majority_share are SRT knobs: they need --label majority")
+    srt_only = [f"--{k} {getattr(cfg, k)}" for k, on in (
+        ("label", cfg.label != "majority"), ("reward_shape", cfg.reward_shape != "binary"),
+        ("min_majority_share", cfg.min_majority_share > 0), ("filter_share", cfg.filter_share > 0),
+        ("curriculum", cfg.curriculum < 1),
+        ("votes_per_prompt", cfg.votes_per_prompt > cfg.samples_per_prompt)) if on]
+    if cfg.reward != "majority" and srt_only:
+        raise SystemExit(f"--reward {cfg.reward} rewards each response's own confidence, with no vote: "
+                         f"{', '.join(srt_only)} act on the majority vote (--reward majority)")
     if cfg.votes_per_prompt and cfg.votes_per_prompt < cfg.samples_per_prompt:
         raise SystemExit(f"--votes_per_prompt {cfg.votes_per_prompt} < --samples_per_prompt "
                          f"{cfg.samples_per_prompt}: the trained responses are a subset of the voters")
@@ -171,6 +181,9 @@ def check_config(cfg):
     for flag in ("model", "train_data"):
         check_path(flag, getattr(cfg, flag))
     check_path("data_dir", cfg.data_dir, local=True)
+    if cfg.reward != "majority" and cfg.advantage != "grpo":
+        print(f"warning: --reward {cfg.reward} with --advantage {cfg.advantage}: the advantage is in the signal's "
+              "units (differences of ~0.01 nats), not 0/1; Intuitor and RENT z-score it (--advantage grpo)")
     if cfg.kl_in == "reward" and cfg.kl_coef > 0 and cfg.advantage == "grpo":
         print("warning: --kl_in reward with --advantage grpo: in a unanimous group the std is only the KL's "
               "spread, so the z-score blows tiny KL differences up to unit advantages (rloo/drgrpo do not)")
@@ -411,6 +424,33 @@ def step_metrics(step, cfg, R, outs, groups, train_outs, label_stats, stats, tim
             "peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
+SIGNALS = CHOICES["reward"]
+
+
+def signal_ranking(groups):
+    """How well each label-free reward sorts a step's responses, whichever one trains. groups: per prompt, (SRT's
+    agreement with the majority [v], the rollouts [v], the gold rewards [v] or None without gold) ->
+    rank_acc {signal: pairwise accuracy}: over every (right, wrong) pair of responses within a group, the share
+    the signal scores the right one higher, ties half (a within-group AUROC, pooled over pairs; 0.5 = chance);
+    len_corr {signal: Pearson r}: the signal against response length, both centred within each group, as the
+    advantage sees them (entropy-style signals can pay short or degenerate responses)."""
+    rank, corr = {}, {}
+    for signal in SIGNALS:
+        pairs, wins, xs, ys = 0, 0.0, [], []
+        for srt_r, outs, gold in groups:
+            s = srt_r if signal == "majority" else [confidence(o, signal) for o in outs]
+            lens = [len(o.completion_ids) for o in outs]
+            xs += [v - sum(s) / len(s) for v in s]
+            ys += [v - sum(lens) / len(lens) for v in lens]
+            for right in [v for v, g in zip(s, gold or []) if g == 1]:
+                for wrong in [v for v, g in zip(s, gold) if g == 0]:
+                    pairs, wins = pairs + 1, wins + (right > wrong) + 0.5 * (right == wrong)
+        rank[signal] = wins / pairs if pairs else None
+        norm = math.sqrt(sum(x * x for x in xs) * sum(y * y for y in ys))
+        corr[signal] = sum(x * y for x, y in zip(xs, ys)) / norm if norm else None
+    return {"rank_acc": rank, "len_corr": corr}
+
+
 def mismatch(learner_logp, sampler_logp, mask):
     """How far the sampler is from the learner on the tokens scored: learner_logp, sampler_logp, mask [b, C] ->
     sums over tokens of |d| and of exp(d) - d - 1 (the k3 estimate of KL(sampler || learner), the tokens being
@@ -444,7 +484,8 @@ def print_results(cfg, first, last, step):
         gold = f"{out.rstrip('/')}-gold"
         with open(os.path.join(out, "config.json")) as f:  # the flags as given: load_data may point --model elsewhere
             given = json.load(f)
-        commands += [(command("selftrain.py", {**run_flags(given, type(cfg)), "label": "gold", "out_dir": gold}),
+        twin = {k: v for k, v in run_flags(given, type(cfg)).items() if k != "reward"}  # gold agreement, not confidence
+        commands += [(command("selftrain.py", {**twin, "label": "gold", "out_dir": gold}),
                       "the same run with the true answers (RL), to compare"),
                      (command("plot.py", {}, [out, gold]), "both runs in one figure")]
     for cmd, why in commands:

@@ -27,11 +27,11 @@ import tiny
 from data import load_data, mean_by_level
 from mitigations import best_so_far, collapse_alarm, keep_best, offline_labels_and_curriculum, online_filter
 from model import autocast, completion_logprobs, half_copy, load_model, pack, refresh_copy, rollout, stop_token_ids
-from rewards import agreement, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
+from rewards import agreement, confidence, extract_answer, is_equiv, label_and_reward, majority_vote, vote_classes
 from runtime import (DTYPES, catch_stop_signals, check_config, check_machine, checkpoint_to_resume, halt_reason,
                      held_out_eval, load_checkpoint, log_row, mismatch, no_update, oom_hint, open_wandb, parse_flags,
-                     precision, print_results, progress, run_folder, save_checkpoint, skip_reason, step_metrics,
-                     truncate_logs)
+                     precision, print_results, progress, run_folder, save_checkpoint, signal_ranking, skip_reason,
+                     step_metrics, truncate_logs)
 
 
 @dataclass
@@ -49,6 +49,7 @@ class Config:
     data_dir: str = ""  # folder of <benchmark>.jsonl files, read before the shipped benchmarks/ and the hub
     # --- the method (paper §3, Algorithm 1)
     label: str = "majority"  # label source: the group's majority answer (SRT), 'gold' (RL) or 'offline' (§5)
+    reward: str = "majority"  # agreement with the label, or a label-free 'self_certainty'/'neg_entropy' (use grpo)
     advantage: str = "rloo"  # 'rloo' (paper v1), 'grpo' (z-score: GRPO, TTRL, paper v2), 'drgrpo' (no std)
     reward_shape: str = "binary"  # SRT: 'binary' agreement with the label, or 'soft': the answer's vote share
     min_majority_share: float = 0.0  # SRT: prompts whose majority share is below this get no label, no gradient
@@ -156,26 +157,34 @@ def train_subset(step, n_groups, votes, n, seed):
     return [sorted(rng.sample(range(votes), n)) for _ in range(n_groups)]
 
 
-def label_batch(groups, batch_rows, picks, cfg):
+def label_batch(groups, outs, batch_rows, picks, cfg):
     """Step 4 for every prompt of the step (rewards.label_and_reward) -> rewards [B, n] of the responses that
     train, labelled [B] (False: no label, so no gradient), and the label diagnostics. Where the data has gold
     answers they are only logged in SRT mode: label_acc (is the majority right?), per difficulty where rows
-    have a 'level' (the paper's collapse starts on hard prompts), and reward_acc (does the pseudo-reward equal
-    the true reward?)."""
-    rewards, labelled, majorities, shares, label_acc, reward_acc, judged = [], [], [], [], [], [], []
-    for (answers, classes), row, pick in zip(groups, batch_rows, picks):
+    have a 'level' (the paper's collapse starts on hard prompts), reward_acc (does the pseudo-reward equal the
+    true reward?) and, for every label-free signal, how well it ranks right responses above wrong ones.
+    --reward self_certainty / neg_entropy (rewards.confidence) reward each response by its own confidence
+    instead: no label, and every prompt trains, answered or not; the majority is still voted, for label_acc."""
+    votes = len(outs) // len(groups)
+    rewards, labelled, majorities, shares, label_acc, reward_acc, judged, ranked = [], [], [], [], [], [], [], []
+    for g, ((answers, classes), row, pick) in enumerate(zip(groups, batch_rows, picks)):
         fixed = row.get("teacher" if cfg.label == "offline" else "answer")  # a label from outside the policy
         label, r, majority, count = label_and_reward(answers, fixed, cfg.label, cfg.reward_shape,
                                                      cfg.min_majority_share, classes)
+        group = outs[g * votes:(g + 1) * votes]
+        srt_r = agreement(answers, classes, majority)  # the SRT reward (= r in SRT), ranked against the others
+        if cfg.reward != "majority":  # a continuous label-free signal: no label
+            label, r = majority, [confidence(o, cfg.reward) for o in group]
         rewards.append([r[j] for j in pick])
-        labelled.append(label is not None)
+        labelled.append(label is not None or cfg.reward != "majority")
         majorities.append(majority)
         shares.append(count / len(answers))
         if row.get("answer") is not None:
             label_acc.append(float(label is not None and is_equiv(label, row["answer"])))
             judged.append(row)
             true_r = agreement(answers, classes, row["answer"])
-            reward_acc.append(sum(x == y for x, y in zip(r, true_r)) / len(answers))
+            reward_acc += [sum(x == y for x, y in zip(r, true_r)) / len(answers)] if cfg.reward == "majority" else []
+        ranked.append((srt_r, group, true_r if row.get("answer") is not None else None))
     B = len(groups)
     stats = {"maj_share": sum(shares) / B, "unanimous": sum(s == 1 for s in shares) / B,
              # the paper's collapse, one answer for every prompt: the share of prompts whose majority answer
@@ -183,7 +192,7 @@ def label_batch(groups, batch_rows, picks, cfg):
              "same_answer": majority_vote(majorities)[1] / B, "unlabelled": 1 - sum(labelled) / B,
              "label_acc": sum(label_acc) / len(label_acc) if label_acc else None,
              "label_acc_by_level": mean_by_level(judged, label_acc) or None,
-             "reward_acc": sum(reward_acc) / len(reward_acc) if reward_acc else None}
+             "reward_acc": sum(reward_acc) / len(reward_acc) if reward_acc else None, **signal_ranking(ranked)}
     return torch.tensor(rewards), labelled, stats
 
 
@@ -475,7 +484,7 @@ def main(cfg):
         t1 = time.time()
         # 4. label each prompt and reward each response; n of each group's voters train
         picks = train_subset(step, len(batch), votes, n, cfg.seed)                   # B lists of n indices
-        R, labelled, label_stats = label_batch(groups, [rows[i] for i in batch], picks, cfg)  # R [B, n]
+        R, labelled, label_stats = label_batch(groups, outs, [rows[i] for i in batch], picks, cfg)  # R [B, n]
         train_outs = [outs[g * votes + j] for g in range(len(batch)) for j in picks[g] if labelled[g]]
         # 5. advantages within each group (--kl_in reward first takes beta x KL off R); unlabelled prompts drop out
         old_logps, R_adv, kl_reward = before_update(model, ref_model, train_outs, R, labelled, cfg, device, pad_id)

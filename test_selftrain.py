@@ -481,10 +481,11 @@ def test_the_spread_testbed_has_easy_and_hard_problems_that_fit_their_room():
 def test_label_accuracy_is_logged_per_level_and_math_levels_are_read():
     groups = [(a, selftrain.vote_classes(a)) for a in (["5", "5", "6"], ["7", "8", "8"], ["1", "1", "1"])]
     rows = [{"answer": "5", "level": 2}, {"answer": "7", "level": 7}, {"answer": "1", "level": 7}]
-    _, _, stats = selftrain.label_batch(groups, rows, [[0, 1, 2]] * 3, Config())
+    outs = [Rollout([1], [2], "", False, None, 0.5, 0.5)] * 9
+    _, _, stats = selftrain.label_batch(groups, outs, rows, [[0, 1, 2]] * 3, Config())
     assert stats["label_acc"] == pytest.approx(2 / 3)
     assert stats["label_acc_by_level"] == {"2": 1.0, "7": 0.5}   # the majority 8 is wrong on the first level-7
-    _, _, stats = selftrain.label_batch(groups, [{"answer": "5"}] * 3, [[0, 1, 2]] * 3, Config())
+    _, _, stats = selftrain.label_batch(groups, outs, [{"answer": "5"}] * 3, [[0, 1, 2]] * 3, Config())
     assert stats["label_acc_by_level"] is None
     assert data.level_of({"level": "Level 3"}) == {"level": 3} and data.level_of({"problem": "x"}) == {}
 
@@ -963,6 +964,102 @@ def test_gold_label_run_logs_true_rewards(tmp_path, monkeypatch):
               "pg_term", "clip_frac"):
         assert m[0][k] is not None
 
+
+# ---------------------------------------------------------------------- label-free rewards side by side (--reward)
+
+def test_confidence_signals_equal_their_formulas_over_the_real_vocabulary_only():
+    """token_confidence on hand-made logits: entropy = -sum p log p and self-certainty = KL(U || p) =
+    sum_j (1/V) log((1/V) / p_j), over the tokenizer's ids only: a padded embedding row with a huge logit would
+    otherwise take the mass."""
+    from model import token_confidence
+    torch.manual_seed(0)
+    scores = torch.randn(3, 7) * 2
+    padded = torch.cat([scores, torch.full((3, 2), 50.0)], dim=1)               # 2 padded rows, never real ids
+    ent, sc = token_confidence(padded, 7)
+    for b in range(3):
+        p = [math.exp(x) for x in scores[b].tolist()]
+        p = [x / sum(p) for x in p]
+        assert ent[b].item() == pytest.approx(-sum(x * math.log(x) for x in p), rel=1e-5)
+        assert sc[b].item() == pytest.approx(sum((1 / 7) * math.log((1 / 7) / x) for x in p), rel=1e-5)
+    ent, sc = token_confidence(torch.zeros(1, 5), 5)                            # uniform: H = log V, KL = 0
+    assert ent.item() == pytest.approx(math.log(5)) and sc.item() == pytest.approx(0, abs=1e-6)
+    ent, sc = token_confidence(torch.tensor([[30.0, 0, 0, 0]]), 4)              # near one-hot: H ~ 0, KL ~ 30 - log 4
+    assert ent.item() < 1e-9 and sc.item() == pytest.approx(30 * 3 / 4 - math.log(4), rel=1e-3)
+    from rewards import confidence
+    o = Rollout([1], [2], "", False, None, 0.8, 1.7)
+    assert confidence(o, "self_certainty") == 1.7 and confidence(o, "neg_entropy") == -0.8
+
+
+def test_the_statistics_recorded_while_sampling_equal_a_full_forward_pass():
+    """The entropy and self-certainty kept on each Rollout come from the tempered distribution generate drew
+    each token from (before top-p): a full forward pass over the same tokens gives the same means."""
+    from model import token_confidence
+    model, tok = load_model(WARM)
+    prompts = encode_prompts(tok, [r["problem"] for r in testbed.tiny_heldout()[:4]], 64)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.8)):
+        torch.manual_seed(0)
+        outs = rollout(model, tok, prompts, 3, 64, temperature, top_p, chunk=12)
+        ids, attn, comp, mask = pack(outs, tok.pad_token_id, "cpu")
+        with torch.no_grad():
+            pos = (attn.cumsum(-1) - 1).clamp(min=0)
+            logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, -comp.shape[1] - 1:-1]
+        for i, o in enumerate(outs):
+            n = len(o.completion_ids)
+            ent, sc = token_confidence(logits[i, :n] / temperature, len(tok))   # [n], [n]
+            assert o.entropy == pytest.approx(ent.mean().item(), abs=1e-5)
+            assert o.self_certainty == pytest.approx(sc.mean().item(), abs=1e-5)
+    assert rollout(model, tok, prompts[:1], 1, 8, temperature=0)[0].entropy is None  # greedy: nothing drawn
+
+
+def test_majority_keeps_todays_rewards_and_the_continuous_signals_reward_every_prompt():
+    texts = [["\\boxed{2}", "\\boxed{2}", "\\boxed{3}", "none"], ["no", "answer", "at", "all"]]
+    outs = [Rollout([1], [2] * (k + 1), t, False, None, 0.1 * k + g, 0.3 * k - g)
+            for g, group in enumerate(texts) for k, t in enumerate(group)]
+    groups = selftrain.vote(outs, 4)
+    rows, picks = [{"answer": "3"}, {}], [[0, 1, 2, 3]] * 2
+    R, labelled, st = selftrain.label_batch(groups, outs, rows, picks, Config())
+    assert R.tolist() == [self_rewards(t) for t in texts] and labelled == [True, False]  # today's SRT, exactly
+    assert st["label_acc"] == 0.0 and st["reward_acc"] == 0.25  # pseudo [1, 1, 0, 0] against true [0, 0, 1, 0]
+    R, labelled, st = selftrain.label_batch(groups, outs, rows, picks, Config(reward="self_certainty"))
+    assert R.flatten().tolist() == pytest.approx([0.3 * k - g for g in range(2) for k in range(4)])
+    assert labelled == [True, True] and st["reward_acc"] is None   # no label needed; the majority still voted
+    assert st["label_acc"] == 0.0 and st["unlabelled"] == 0.0
+    R, _, _ = selftrain.label_batch(groups, outs, rows, picks, Config(reward="neg_entropy"))
+    assert R.flatten().tolist() == pytest.approx([-(0.1 * k + g) for g in range(2) for k in range(4)])
+    # ranking against gold ("3" is right): 1 right x 3 wrong pairs. The majority pays the wrong "2"s and ties the
+    # right "3" with "none" (both 0, a tie counts half) -> 0.5 / 3
+    assert st["rank_acc"]["majority"] == pytest.approx(0.5 / 3)
+    assert st["rank_acc"]["self_certainty"] == pytest.approx(2 / 3)  # 0.6 beats 0.0, 0.3; loses to 0.9
+    assert st["rank_acc"]["neg_entropy"] == pytest.approx(1 / 3)
+
+
+def test_signal_ranking_is_a_within_group_auroc_and_length_correlation_is_within_group():
+    mk = lambda sc, n: Rollout([1], [2] * n, "", False, None, -sc, sc)          # neg_entropy = self-certainty
+    perfect = [([1, 0, 0], [mk(3, 1), mk(2, 2), mk(1, 3)], [1, 0, 0]),
+               ([0, 1], [mk(10, 5), mk(12, 3)], [0, 1])]                        # a group far off the other's level
+    st = runtime.signal_ranking(perfect)
+    assert st["rank_acc"]["self_certainty"] == 1.0 and st["rank_acc"]["majority"] == 1.0
+    assert st["len_corr"]["self_certainty"] == pytest.approx(-1.0)  # shorter = more certain in each group
+    flipped = runtime.signal_ranking([([1, 0], [mk(0, 1), mk(5, 1)], [1, 0])])
+    assert flipped["rank_acc"]["self_certainty"] == 0.0 and flipped["len_corr"]["self_certainty"] is None
+    assert runtime.signal_ranking([([1, 1], [mk(0, 1), mk(1, 2)], None)])["rank_acc"]["majority"] is None
+
+
+def test_continuous_rewards_refuse_the_srt_only_knobs_and_train(tmp_path, monkeypatch, capsys):
+    for kw in (dict(label="gold"), dict(label="offline"), dict(reward_shape="soft"), dict(min_majority_share=0.5),
+               dict(filter_share=0.6), dict(curriculum=0.33), dict(votes_per_prompt=32)):
+        with pytest.raises(SystemExit, match="^--reward neg_entropy rewards each response's own confidence.*--"
+                                             + next(iter(kw))):
+            selftrain.check_config(Config(reward="neg_entropy", **kw))
+    selftrain.check_config(Config(reward="neg_entropy", votes_per_prompt=16))   # = n: no extra voters
+    assert "--advantage grpo" in capsys.readouterr().out                       # rloo on a continuous signal: warned
+    cfg = run(tmp_path, "sc", reward="self_certainty", steps=2, eval_limit=2, eval_samples=2)
+    selftrain.main(cfg)
+    m = metrics(cfg)
+    assert all(r["unlabelled"] == 0 and r["reward_acc"] is None and not r["skipped"] for r in m)
+    assert all(0 <= r["rank_acc"][s] <= 1 for r in m for s in runtime.SIGNALS if r["rank_acc"][s] is not None)
+    out = capsys.readouterr().out
+    assert "--label gold" in out and "--reward" not in out.split("--label gold")[0].splitlines()[-1]  # the gold twin
 
 # ------------------------------------------------------------------------------ rewards.py: the grader
 
