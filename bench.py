@@ -485,7 +485,7 @@ def host_cost(batch=8, tokens=16, reps=3):
                          tie_word_embeddings=False, eos_token_id=1999, pad_token_id=0)
     model = Qwen2ForCausalLM(config).eval()
     fp32_head(model)
-    tok, prompts, rows = _IdsOnly(0), [[5 + i, 6, 7, 8] for i in range(batch)], []
+    tok, prompts, rows = _IdsOnly(0, config.vocab_size), [[5 + i, 6, 7, 8] for i in range(batch)], []
     for label, (copy_dtype, amp) in SAMPLERS.items():
         sampler = model if copy_dtype is None else half_copy(model, copy_dtype)
         go = lambda t: rollout(sampler, tok, prompts, 1, t, stop_ids=[1999], amp=amp, chunk=batch)  # noqa: E731
@@ -544,9 +544,13 @@ ENGINES = {"today": "today: fp32 + autocast, chunk {chunk}",
 
 
 class _IdsOnly:
-    """The part of a tokenizer that model.rollout uses: the pad id, and decode (texts are not needed here)."""
-    def __init__(self, pad_token_id):
-        self.pad_token_id = pad_token_id
+    """The part of a tokenizer that model.rollout uses: the pad id, its length (the real vocabulary, for the
+    recorded entropy and self-certainty), and decode (texts are not needed here)."""
+    def __init__(self, pad_token_id, vocab):
+        self.pad_token_id, self.vocab = pad_token_id, vocab
+
+    def __len__(self):
+        return self.vocab
 
     def decode(self, ids, skip_special_tokens=True):
         return ""
@@ -688,7 +692,7 @@ def cb_rollout(sampler, prompts, n, new_tokens, eos, pad, logprobs=False):
 
 def rollout_engines(policy, sampler, run, eos, pad, names):
     """name -> rollout(prompts, new_tokens, logprobs=False) -> model.rollout's output, for the chosen engines."""
-    tok, n, stop = _IdsOnly(pad), run.n, [eos]
+    tok, n, stop = _IdsOnly(pad, policy.config.vocab_size), run.n, [eos]
 
     # model.rollout records each drawn token's log-prob itself (sampler_logp): logprobs is for generate_batch
     def today(prompts, T, logprobs=False):
@@ -960,7 +964,7 @@ def full_step(ctx):
     r["resident"] = torch.cuda.memory_allocated() / 2 ** 30 if ctx.device.type == "cuda" else float("nan")
     set_eos_bias(ctx.models, ctx.eos, ctx.bias_a)
     prompts = (ctx.prompts * -(-seqs // len(ctx.prompts)))[:seqs // run.n]
-    tok = _IdsOnly(ctx.pad)
+    tok = _IdsOnly(ctx.pad, ctx.shape["vocab_size"])
     ctx.reset()
     with static_cache(tokens, compile=False):
         r["roll_s"] = timed(lambda: rollout(sampler, tok, prompts, run.n, run.Tw, 1.0, 1.0, chunk=seqs,
