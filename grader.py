@@ -6,19 +6,24 @@ Equivalence is checked in layers, cheapest first:
   1. normalise the LaTeX string (a \boxed{} is reduced to its content, math
      delimiters $ \( \[ and a lead-in "Answer:" are dropped; spacing,
      \left/\right, units, \dfrac, 1,000, <= -> \le, != -> \neq, a plain name
-     before a value is a label: x = 5 -> 5, plain numbers -> canonical
-     fraction) and compare strings;
+     before a value is a label: x = 5 -> 5, the value after the last \approx
+     is the answer, inequalities in x, f(x) or |x| -> intervals, "or" lists,
+     plain numbers -> canonical fraction) and compare strings;
   2. split structured answers (tuples, intervals, sets, unordered solution
      lists, \pm, matrices, equations, relations) and compare their parts
      recursively. Any other left side of an equation counts when both answers
      have one (\cos(x) = a is not \sin(x) = a) and is dropped only against an
-     answer without one (p(x) = x^2+1 vs x^2+1). Relations compare as
-     relations: L < R and L' < R' are equal if R-L = c (R'-L') with c > 0;
+     answer without one (p(x) = x^2+1 vs x^2+1), as is a left side built
+     from names only before a value (AB/CD = 2, u:v = 2, m+n = 17 vs 2, 2,
+     17). Assignments name a tuple's entries in the order written
+     (m=3,n=1;m=5,n=1 is (3,1),(5,1)). Relations compare as relations:
+     L < R and L' < R' are equal if R-L = c (R'-L') with c > 0;
   3. parse what is left with our own small LaTeX parser (grammar below, at
      _Parser) straight into sympy objects and test whether their difference
-     is exactly zero (rationals exactly; otherwise numerically, with sympy
-     raising the precision up to 300 digits, at a few fixed random points when
-     there are variables).
+     is exactly zero (rationals exactly, except that a decimal of 10 or more
+     significant digits is the repeating rational it rounds or truncates,
+     _rounds_to; otherwise numerically, with sympy raising the precision up to
+     300 digits, at a few fixed random points when there are variables).
 Answers are model output, i.e. hostile: nothing here calls eval/exec/sympify
 on them; the parser only knows a whitelist of tokens, and it refuses huge
 exponents, factorials, roots and nesting up front so sympy stays fast. Layer 2
@@ -61,7 +66,7 @@ TIME_LIMIT_S = 3.0        # hard cap on the symbolic work of one public call (an
 # so that most equal answers merge without touching sympy.
 _UNICODE = str.maketrans({"−": "-", "–": "-", "×": r"\times ", "·": r"\cdot ",
                           "÷": r"\div ", "π": r"\pi ", "∞": r"\infty ", "√": r"\sqrt ",
-                          "≤": r"\le ", "≥": r"\ge ", "±": r"\pm ", "∪": r"\cup ",
+                          "≤": r"\le ", "≥": r"\ge ", "±": r"\pm ", "∪": r"\cup ", "≈": r"\approx ",
                           "°": "", "θ": r"\theta ", "≠": r"\neq ",
                           # LaTeX that went through a non-raw Python string: "\frac" -> form feed + "rac"
                           "\f": r"\f", "\a": r"\a", "\b": r"\b", "\v": r"\v"})
@@ -86,7 +91,8 @@ _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
     (r"\\(?:mbox|textbf|textit|textrm|textup|textnormal|mathrm|mathbf|mathit|mathsf"
      r"|operatorname)(?![a-zA-Z])", r"\\text"),
     (r",?\s*\\text\s*\{\s*(?:or|and)\s*\}\s*", ","),          # x=1 \text{ or } x=2; 19, 46, \text{ and } 82
-    (r"(?<=[\d})\]])\s*,?\s*\b(?:or|and)\s+(?=\S)", ","),        # 6 and 8, (7,11) or (11,7)
+    # 6 and 8, (7,11) or (11,7), (4,9)or(9,4): after a number or a closing bracket, not inside a word (floor)
+    (r"(?<=[\d})\]])\s*,?\s*(?:or|and)(?![a-zA-Z])\s*(?=\S)", ","),
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", ""),
     (r"\\?%", ""),                                           # 50\% == 50
     (r"_\{(\d+)\}", r"_\1"),                                 # 204_{5} -> 204_5
@@ -111,9 +117,14 @@ _NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d{1,3})?")
 _FRAC_RE = re.compile(r"([+-]?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
 _MIXED_RE = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _INEQ_RE = re.compile(r"(<=|>=|<|>|\\[lg]eq?(?:slant)?(?![a-zA-Z]))")
-# What may stand left of "=" as a mere name: x, a_3, f(x), |AB|, \theta, (p,q).
-_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+)?"
+# What may stand left of "=" as a mere name: x, a_3, S_{PQR}, f(x), |AB|, \theta, (p,q).
+_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+|_\{\w+\})?"
 _LHS_RE = re.compile(rf"\|?{_NAME}(?:\([a-zA-Z]\))?\|?|\((?:{_NAME},)+{_NAME}\)")
+# A left side that names a quantity built from named ones, with no number in it: m+n, AB/CD, u:v, S_{PQR}:S,
+# \frac{AB}{CD}. It is a label only before a value (m+n = 17); x+y = 2x+3 stays an equation.
+_FACTOR = r"(?:[a-zA-Z]|\\[a-zA-Z]+(?![a-zA-Z]) ?)(?:_(?:\d+(?!\d)|[a-zA-Z]|\{\w+\}))?"  # one way to match: linear
+_QTY = rf"(?:{_FACTOR})+(?:[-+*/:](?:{_FACTOR})+)*"
+_QUANTITY_RE = re.compile(rf"{_QTY}|\\frac\{{{_QTY}\}}\{{{_QTY}\}}")
 # A label normalisation may drop: a plain name, not f(x) or \cos(x), which say what the value is of.
 _LABEL_RE = re.compile(rf"\|?{_NAME}\|?|\((?:{_NAME},)+{_NAME}\)")
 
@@ -150,29 +161,74 @@ def _as_fraction(s: str) -> Fraction | None:
     return None
 
 
+DECIMAL_DIGITS = 10   # a decimal with this many significant digits may stand for a repeating rational
+
+
+def _places(q: int) -> int | None:
+    """The decimal places of 1/q if it terminates (q = 2^a 5^b, at most 400 places), else None."""
+    twos = (q & -q).bit_length() - 1
+    q, fives = q >> twos, 0
+    while q % 5 == 0 and fives <= 400:
+        q, fives = q // 5, fives + 1
+    return max(twos, fives) if q == 1 and max(twos, fives) <= 400 else None
+
+
+def _rounds_to(x: Fraction, r: Fraction) -> bool:
+    """Is x a decimal of >= DECIMAL_DIGITS significant digits that is the repeating rational r rounded (half
+    up) or truncated at x's last digit? 0.142857142857143 and 0.1428571428 are 1/7; 0.14, 0.1428571 and
+    0.1428571430 are not. Rationals only: no decimal is an irrational value (\\pi, \\sqrt{2}); and two
+    decimals, or a decimal and a terminating fraction, are equal only when they are one number."""
+    places = _places(x.denominator)
+    if places is None or (x < 0) != (r < 0) or len(str(r.denominator)) > 400 or _places(r.denominator) is not None:
+        return False                          # x is not a decimal (of sane length), or r terminates
+    digits, scaled = abs(x) * 10 ** places, abs(r) * 10 ** places
+    return len(str(digits)) >= DECIMAL_DIGITS and digits in (int(scaled), int(scaled + Fraction(1, 2)))
+
+
 def _has_letters(s: str) -> bool:
     return re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s)) is not None
 
 
+_BOUNDED = re.compile(rf"[a-zA-Z]|{_NAME}\([a-zA-Z]\)")   # x, or a function of it: 2 < g(t) < 5 is (2,5)
+_ABS = re.compile(r"\|[a-zA-Z]\|")                          # |w|: 2 \le |w| \le 3 is [-3,-2] \cup [2,3]
+
+
+def _positive(s: str) -> bool:
+    """A bound with no letter and no sign anywhere (3, \\frac{1}{2}, \\sqrt{3}) is a positive value or 0."""
+    return bool(s) and not _has_letters(s) and not re.search(r"[-+]|\\pm", s)
+
+
 def _inequality_to_interval(s: str) -> str:
-    """x > 3 -> (3,\\infty); 1 <= x < 2 -> [1,2). Anything else unchanged."""
+    """x > 3 -> (3,\\infty); 1 <= x < 2 -> [1,2); 5 > g(t) > 2 -> (2,5); |x| < 3 -> (-3,3); 2 < |x| <= 3 ->
+    [-3,-2) \\cup (2,3]. An absolute value's bounds must be plain positive values. Anything else unchanged."""
     parts = [p.strip() for p in _INEQ_RE.split(s)]
     less = lambda op: op[0] == "<" or op.startswith(r"\l")
     closed = lambda op: op not in ("<", ">")
-    is_var = lambda t: re.fullmatch(r"[a-zA-Z]", t) is not None
+    flip = lambda op: (">" if less(op) else "<") + ("=" if closed(op) else "")
+    left, right = lambda op: "[" if closed(op) else "(", lambda op: "]" if closed(op) else ")"
     if len(parts) == 3:
         lhs, op, rhs = parts
-        if is_var(rhs) and not is_var(lhs):      # 3 < x  ->  x > 3
-            lhs, rhs, op = rhs, lhs, (">" if less(op) else "<") + ("=" if closed(op) else "")
-        if not is_var(lhs) or not rhs or _has_letters(rhs):
+        if (_BOUNDED.fullmatch(rhs) or _ABS.fullmatch(rhs)) and not (_BOUNDED.fullmatch(lhs) or _ABS.fullmatch(lhs)):
+            lhs, rhs, op = rhs, lhs, flip(op)  # 3 < x  ->  x > 3
+        if _ABS.fullmatch(lhs) and _positive(rhs):
+            if less(op):                          # |x| < 3
+                return left(op) + "-" + rhs + "," + rhs + right(op)
+            return f"(-\\infty,-{rhs}{right(op)}\\cup{left(op)}{rhs},\\infty)"
+        if not _BOUNDED.fullmatch(lhs) or not rhs or _has_letters(rhs):
             return s
         if less(op):
-            return "(-\\infty," + rhs + ("]" if closed(op) else ")")
-        return ("[" if closed(op) else "(") + rhs + ",\\infty)"
-    if len(parts) == 5 and is_var(parts[2]) and less(parts[1]) and less(parts[3]):
-        lo, hi = parts[0], parts[4]
-        if lo and hi and not _has_letters(lo) and not _has_letters(hi):
-            return ("[" if closed(parts[1]) else "(") + lo + "," + hi + ("]" if closed(parts[3]) else ")")
+            return "(-\\infty," + rhs + right(op)
+        return left(op) + rhs + ",\\infty)"
+    if len(parts) == 5 and not less(parts[1]) and not less(parts[3]):   # 5 > x > 2  ->  2 < x < 5
+        parts = [parts[4], flip(parts[3]), parts[2], flip(parts[1]), parts[0]]
+    if len(parts) == 5 and less(parts[1]) and less(parts[3]):
+        lo, op1, mid, op2, hi = parts
+        if _BOUNDED.fullmatch(mid) and lo and hi and not _has_letters(lo) and not _has_letters(hi):
+            return left(op1) + lo + "," + hi + right(op2)
+        if _ABS.fullmatch(mid) and _positive(lo) and _positive(hi):
+            if _as_fraction(lo) == 0 and closed(op1):    # 0 <= |x| < 3: one interval
+                return left(op2) + "-" + hi + "," + hi + right(op2)
+            return f"{left(op2)}-{hi},-{lo}{right(op1)}\\cup{left(op1)}{lo},{hi}{right(op2)}"
     return s
 
 
@@ -198,7 +254,7 @@ def _strip_names(s: str) -> str:
     is a plain name: \\cos(x) = a keeps its left side, which _equiv_cached
     drops only against an answer without one (\\sin(x) = a is another answer).
     """
-    items = [_split_top(item, "=") for item in _split_top(s, ",")]
+    items = [_split_top(_approximate(item), "=") for item in _split_top(s, ",")]
     for parts in items:
         if len(parts) > 2 and _LHS_RE.fullmatch(parts[0]):
             del parts[1:-1]                      # x = 5+6 = 11 -> x = 11
@@ -206,6 +262,18 @@ def _strip_names(s: str) -> str:
     if (all(named) and len({p[0] for p in items}) == 1) or (named[0] and all(len(p) == 1 for p in items[1:])):
         items = [p[1:] if n else p for p, n in zip(items, named)]
     return ",".join("=".join(p) for p in items)
+
+
+def _approximate(item: str) -> str:
+    """y \\approx 7 -> y = 7; t = 2+3 = 5 \\approx 5.0 -> t = 5.0; 5 \\approx 5.0 -> 5.0. The value after the
+    last \\approx is the answer (a chain ends with it); a name before the chain stays, as a label."""
+    if not re.search(r"\\approx(?![a-zA-Z])", item):
+        return item
+    *chain, last = (part.strip() for part in _split_top(item, r"\approx"))
+    if not last:
+        return item
+    lhs = _split_top(chain[0], "=")[0].strip()
+    return f"{lhs}={last}" if _LHS_RE.fullmatch(lhs) else last
 
 
 @functools.lru_cache(maxsize=1 << 15)
@@ -338,7 +406,9 @@ def _tokenize(s: str) -> list[str]:
 #   subscripted = letter "_" ( "{" 1-40 chars without braces "}" | digits | letter ) ;
 #              ONE symbol named by its text: F_k, F_{k} are F_k; F_{n-k-1} is not F_{n-1-k}
 #   number   = ( digits [ "." [ digits ] ] | "." digits ) [ ("e" | "E") [ "+" | "-" ] digits ] ;
-#              exact: 0.333 is not 1/3; "12" is one token, so \frac12 must be normalised first
+#              exact: 0.333 is not 1/3 (only a decimal of 10+ significant digits
+#              is the repeating rational it rounds or truncates: _rounds_to);
+#              "12" is one token, so \frac12 must be normalised first
 #
 # Rules the grammar alone does not say:
 #   - an implicit product's factor may start with anything that starts an atom
@@ -355,6 +425,20 @@ def _tokenize(s: str) -> list[str]:
 #   - a function takes more powers as its argument only when no "(" follows it
 #     (and its exponent), and never another function: \sin 2x = sin(2x),
 #     \sin(2)x = sin(2) x, \sin x \cos x = sin(x) cos(x);
+#   - conventions, chosen: a comma separates items, so 1,22 is two numbers and
+#     not a decimal comma (a comma before exactly three digits groups
+#     thousands: 1,220 is 1220); a percent sign is dropped, so 10\% is 10, not
+#     0.1 (MATH writes "10\%" where the model writes 10, and 10\% equal to
+#     both 10 and 0.1 would join two classes of one vote);
+#   - decimals: written digits are exact, and no decimal is an irrational
+#     value however many digits it has (3.14159265358979 is not \pi: a
+#     tolerance would call sqrt(10^60+1) and 10^30 equal too). A repeating
+#     rational has no exact decimal, so a decimal of DECIMAL_DIGITS (10) or
+#     more significant digits is taken as it, rounded half up or truncated at
+#     the last digit written: 0.142857142857143 and 0.1428571428 are 1/7;
+#     0.142857143 (9 digits) and 0.1428571430 are not. Ten digits is what a
+#     calculator shows (0.1 < |x| < 1: no two fractions with denominators
+#     below 10^5 share a 10-place decimal); fewer are taken as written;
 #   - refused up front (ValueError): nesting deeper than _MAX_DEPTH, n! unless n
 #     is an integer in 0..300, \binom{n}{k} unless n in 0..10000 and k an
 #     integer, roots of index outside 2..100, results or radicands too large
@@ -617,8 +701,9 @@ def _sympy_equal(a, b) -> bool:
         return a.func == b.func and all(_sympy_equal(x, y) for x, y in zip(a.args, b.args))
     if a.has(*_BAD) or b.has(*_BAD):             # infinities: only structurally equal
         return False
-    if a.is_Rational and b.is_Rational:           # exact, and a != b
-        return False
+    if a.is_Rational and b.is_Rational:           # exact: a != b, unless one is the other's long decimal
+        fa, fb = Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q))
+        return _rounds_to(fa, fb) or _rounds_to(fb, fa)
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
     if len(symbols) > 8:
         return False
@@ -828,19 +913,42 @@ def _equiv_norm(a: str, b: str) -> bool:
         return False
 
 
+def _assigned_tuples(items: list[str]) -> str | None:
+    """m=3,n=1,m=5,n=1 -> (3,1),(5,1): assignments whose names repeat in one order are tuples in the order
+    written (n=1,m=3 is (1,3)); None for any other list."""
+    pairs = [_split_top(x.strip(), "=") for x in items]
+    if len(pairs) < 2 or any(len(p) != 2 or not _LABEL_RE.fullmatch(p[0]) or _has_letters(p[1]) for p in pairs):
+        return None
+    names = [p[0] for p in pairs]
+    k = names.index(names[0], 1) if names[0] in names[1:] else len(names)
+    if k < 2 or names != names[:k] * (len(names) // k) or len(set(names[:k])) != k:
+        return None
+    return ",".join("(" + ",".join(p[1] for p in pairs[i:i + k]) + ")" for i in range(0, len(pairs), k))
+
+
+def _tuples(kind: str, payload) -> bool:
+    """Is this shape a tuple, or a list of tuples?"""
+    return kind == "tuple" and payload[0] == "(" or kind == "set" and all(
+        x.strip()[:1] == "(" and _wrapped(x.strip()) and "," in x for x in payload)
+
+
 @functools.lru_cache(maxsize=1 << 15)
 def _equiv_cached(a: str, b: str) -> bool:
     (ka, pa), (kb, pb) = _shape(a), _shape(b)
+    for (k1, p1), (k2, p2), other in (((ka, pa), (kb, pb), b), ((kb, pb), (ka, pa), a)):
+        if k1 == "set" and _tuples(k2, p2) and _assigned_tuples(p1) is not None:   # m=3,n=1 vs (3,1)
+            return _equiv_norm(_assigned_tuples(p1), other)
     norm = lambda items: [_normalize(x.strip(), top=False) for x in items[:MAX_ITEMS + 1]]
     if ka != kb:      # a one-element set {5} equals its element 5
         if ka == "set" and len(pa) == 1:
             return _equiv_norm(normalize_answer(pa[0]), b)
         if kb == "set" and len(pb) == 1:
             return _equiv_norm(a, normalize_answer(pb[0]))
-        if "eq" in (ka, kb):   # y = 2x+3 vs 2x+3: a name on the left is only a label
+        if "eq" in (ka, kb):   # y = 2x+3 vs 2x+3, AB/CD = 2 vs 2: a name on the left is only a label
             eq, other = (a, b) if ka == "eq" else (b, a)
             lhs, rhs = _split_top(eq, "=")
-            return bool(_LHS_RE.fullmatch(lhs)) and _equiv_norm(normalize_answer(rhs), other)
+            label = _LHS_RE.fullmatch(lhs) or (_QUANTITY_RE.fullmatch(lhs) and not _has_letters(rhs))
+            return bool(label) and _equiv_norm(normalize_answer(rhs), other)
         if {ka, kb} == {"rel", "tuple"}:     # -x > -1 vs (-\infty,1)
             return _relation_vs_interval(*((pa, pb) if ka == "rel" else (pb, pa)))
         return False
@@ -961,8 +1069,9 @@ def _equal(a: str, b: str, deadline: float) -> bool:
         return True
     if not a or not b or len(a) > MAX_STRUCT_LEN or len(b) > MAX_STRUCT_LEN:
         return False
-    if _as_fraction(a) is not None and _as_fraction(b) is not None:
-        return False                               # distinct canonical numbers
+    fa, fb = _as_fraction(a), _as_fraction(b)
+    if fa is not None and fb is not None:          # distinct canonical numbers: one may be the other's
+        return _rounds_to(fa, fb) or _rounds_to(fb, fa)    # long decimal
     key = (min(a, b), max(a, b))
     if key not in _verdicts:
         seconds = deadline - time.monotonic()

@@ -1073,7 +1073,9 @@ EQUIV_CASES = [
     ("1000", "100", False), ("12", "21", False), ("-3", "3", False),
     # decimals
     ("0.5", "0.50", True), (".5", "0.5", True), ("2.", "2", True), ("3.21", "3.210", True),
-    ("0.333", "\\frac{1}{3}", False), ("0.3333333333", "\\frac13", False),
+    # a decimal of 10 or more significant digits is the repeating rational it rounds or truncates (was False
+    # before: the strict rule split a calculator's 1/3 from \frac13 in the vote); 9 digits stay different
+    ("0.333", "\\frac{1}{3}", False), ("0.3333333333", "\\frac13", True), ("0.333333333", "\\frac13", False),
     ("1.25", "1.2", False), (".0000672", "6.72\\times10^{-5}", True),
     # fractions
     ("\\frac{1}{2}", "0.5", True), ("\\dfrac{1}{2}", "\\frac12", True), ("\\tfrac{1}{2}", "1/2", True),
@@ -1180,7 +1182,9 @@ EQUIV_CASES = [
     ("\\pi r^2", "r^2\\pi", True), ("\\pi r^2", "\\pi r", False), ("(1,2),(3,4)", "(3,4),(1,2)", True),
     ("(1,2),(3,4)", "(1,3),(2,4)", False), ("\\{(1,2)\\}", "(1,2)", True), ("1 000 000", "1000000", True),
     ("\\frac{\\sqrt{2}}{2}", "0.7071067811865476", False), ("3.0", "3", True), ("3.01", "3", False),
-    ("x \\in (3, \\infty)", "x>3", True), ("a=2, b=3", "(2,3)", False), ("2\\sqrt{2}", "2^{1.5}", True),
+    # assignments are a tuple in the order written: a=2, b=3 vs (2,3) was False before (the assignments table)
+    ("x \\in (3, \\infty)", "x>3", True), ("a=2, b=3", "(2,3)", True), ("b=3, a=2", "(2,3)", False),
+    ("2\\sqrt{2}", "2^{1.5}", True),
     ("\\left\\{ 1, 2 \\right\\}", "\\{1,2\\}", True), ("9\\%", "0.09", False), ("\\$1,000.50", "1000.5", True),
     # empty / junk
     ("", "", False), ("", "0", False), ("\\text{}", "0", False),
@@ -1882,8 +1886,9 @@ def test_trl_grpo_trainer_trains_the_testbed_with_the_srt_reward(tmp_path):
 
 # -------------------------------------------------------------------- the grader vs other graders' suites
 # Forms from Math-Verify's, Qwen2.5-Math's and Hendrycks MATH's test cases, and traps for graders that
-# compare with a tolerance. Decimals never equal irrational or repeating values (a false positive is worse
-# than a false negative), so "(-1.732, 1.732)" is not "(-\sqrt{3},\sqrt{3})" here although some graders say so.
+# compare with a tolerance. Decimals never equal irrational values (a false positive is worse than a false
+# negative), so "(-1.732, 1.732)" is not "(-\sqrt{3},\sqrt{3})" here although some graders say so; a repeating
+# rational equals only a decimal of 10 or more digits (table 12 below).
 EXTERNAL_CASES = [
     # precision: exact, however close (a 1e-25 tolerance called all of these equal)
     ("\\sqrt{10^{60}+1}", "10^{30}", False), ("(1+\\sqrt{2})^{100}+1", "(1+\\sqrt{2})^{100}", False),
@@ -2289,11 +2294,98 @@ def test_grader_equation_left_sides(a, b, expected):
     assert grade("\\boxed{" + a + "}", b) == float(expected)
 
 
+# 8. \approx: the value after the last \approx is the answer, compared by the ordinary rules
+APPROX = [
+    ("y \\approx 7", "7", True), ("t = 2+3 = 5 \\approx 5.0", "5", True), ("5 \\approx 5.0", "5", True),
+    ("y ≈ 7", "y = 7", True), ("\\approx 0.5", "\\frac12", True), ("x \\approx 1.5, y \\approx 2", "x=1.5, y=2", True),
+    ("y \\approx 7", "8", False), ("t = 2+3 = 5 \\approx 5.0", "6", False), ("\\frac{1}{3} \\approx 0.33", "\\frac13", False),
+    ("x \\approx 1.5, y \\approx 2", "x=2, y=1.5", False), ("y \\approx", "7", False),
+]
+
+# 9. a left side that names a quantity built from named ones (a ratio, a sum, a subscripted name) is a label
+# before a value; an equation with a number on the left, or a letter on the right, stays an equation
+QUANTITY_LABELS = [
+    ("\\frac{AB}{CD}=\\frac{2}{\\sqrt5}", "\\frac{2\\sqrt{5}}{5}", True), ("S_{PQR}:S=3:11", "3:11", True),
+    ("u:v=2", "2", True), ("m+n=17", "17", True), ("AB/CD = 0.5", "\\frac12", True), ("S_{PQR}=5", "5", True),
+    ("a_{37}/b = 2", "2", True), ("m \\cdot n = 6", "6", True),
+    ("\\frac{AB}{CD}=\\frac{2}{\\sqrt5}", "\\frac{\\sqrt{5}}{2}", False), ("S_{PQR}:S=3:11", "11:3", False),
+    ("\\frac{AB}{CD}=2", "\\frac{CD}{AB}=2", False), ("u:v=2", "v:u=2", False), ("u:v=2", "\\frac12", False),
+    ("x+1=5", "5", False), ("2x=10", "10", False), ("x+y=2x+3", "2x+3", False), ("m+n=17", "18", False),
+]
+
+# 10. assignments name a tuple's entries in the order written; a list of them is a list of tuples
+ASSIGNMENTS = [
+    ("m=3,n=1;m=5,n=1", "(3,1),(5,1)", True), ("m=3,n=1;m=5,n=1", "(5,1),(3,1)", True), ("m=3,n=1", "(3,1)", True),
+    ("x=1, y=2, z=3", "(1,2,3)", True), ("x=\\frac12, y=2", "(0.5,2)", True), ("m=3,n=1", "3,1", True),
+    ("n=1,m=3", "(3,1)", False), ("m=3,n=1;m=5,n=1", "(1,3),(1,5)", False), ("m=3,n=1;m=5,n=1", "(3,1)", False),
+    ("m=3,n=1;m=5,n=1", "(3,1),(5,2)", False), ("m=3,n=1", "[3,1]", False), ("m=3,m=1", "(3,1)", False),
+    ("m=3,n=1,m=5", "(3,1),(5,1)", False), ("x=1,y=2x", "(1,2)", False),
+]
+
+# 11. "or" joins alternatives with or without spaces, after a number or a closing bracket, not inside a word
+OR_JOINED = [
+    ("(4,9)or(9,4)", "(9,4),(4,9)", True), ("(4,9)or(9,4)", "(4,9)\\text{ or }(9,4)", True), ("3or4", "4,3", True),
+    ("2and3", "2,3", True), ("\\{1\\}or\\{2\\}", "1,2", True),
+    ("(4,9)or(9,4)", "(4,9)", False), ("(4,9)or(9,4)", "(4,9),(9,5)", False), ("\\text{for}", "f", False),
+    ("\\lfloor x\\rfloor", "\\lfloor x\\rfloor", True), ("\\lfloor x\\rfloor", "x", False), ("5 orders", "5", False),
+]
+
+# 12. a decimal of 10 or more significant digits is the repeating rational it rounds (half up) or truncates
+# at its last digit; shorter decimals, wrong last digits, irrational values and other decimals stay different
+LONG_DECIMALS = [
+    ("0.142857142857143", "\\frac{1}{7}", True), ("0.142857142857142", "\\frac17", True), ("0.1428571429", "1/7", True),
+    ("0.6666666667", "\\frac23", True), ("0.6666666666", "\\frac23", True), ("-0.6666666667", "-\\frac{2}{3}", True),
+    ("12.33333333333", "\\frac{37}{3}", True), ("1.4285714285714286e-1", "\\frac17", True),
+    ("0.6666666667", "\\frac13+\\frac13", True), ("(0.3333333333, 1)", "(\\frac13, 1)", True),
+    ("0.14", "\\frac17", False), ("0.142857143", "\\frac17", False), ("0.1428571430", "\\frac17", False),
+    ("0.1428571427", "\\frac17", False), ("0.6666666668", "\\frac23", False), ("0.6666666667", "-\\frac23", False),
+    ("0.1250000001", "\\frac18", False), ("0.1428571428", "0.142857142857143", False),
+    ("1.414213562373095", "\\sqrt2", False), ("3.141592653589793", "\\pi", False),
+]
+
+# 13. a double inequality around a function or an absolute value is an interval (a union of two for |x|)
+BOUNDED = [
+    ("2<g(t)<5", "(2,5)", True), ("5>g(t)>2", "(2,5)", True), ("2\\le f(x)<5", "[2,5)", True),
+    ("2\\le|w|\\le3", "[-3,-2]\\cup[2,3]", True), ("2<|w|\\le3", "[-3,-2)\\cup(2,3]", True), ("|x|<3", "(-3,3)", True),
+    ("|x|\\ge 3", "(-\\infty,-3]\\cup[3,\\infty)", True), ("3<|x|", "|x|>3", True), ("0\\le|x|<3", "(-3,3)", True),
+    ("0<|x|<3", "(-3,0)\\cup(0,3)", True), ("|x|<\\frac{1}{2}", "(-0.5,0.5)", True), ("5>x>2", "2<x<5", True),
+    ("2<g(t)<5", "(-\\infty,2)\\cup(5,\\infty)", False), ("2>g(t)>5", "(2,5)", False), ("2<g(t)<5", "[2,5]", False),
+    ("2\\le|w|\\le3", "[-3,3]", False), ("2\\le|w|\\le3", "[2,3]", False), ("2<|w|\\le3", "(-3,-2]\\cup[2,3)", False),
+    ("|x|<3", "[-3,3]", False), ("|x|>3", "(-3,3)", False), ("|x-1|<2", "(-1,3)", False), ("|x|<-1", "(1,-1)", False),
+]
+
+# 14. conventions, decided: a comma separates items (1,22 is two numbers, not a decimal comma; a comma before
+# exactly three digits groups thousands), and a percent sign is dropped (10\% is 10, not 0.1)
+CONVENTIONS = [
+    ("1,22", "1, 22", True), ("1,22", "22,1", True), ("1,220", "1220", True), ("10\\%", "10", True),
+    ("1,22", "1.22", False), ("1,22", "122", False), ("10\\%", "0.1", False), ("10\\%", "\\frac{1}{10}", False),
+]
+
+
+@pytest.mark.parametrize("a,b,expected", APPROX + QUANTITY_LABELS + ASSIGNMENTS + OR_JOINED + LONG_DECIMALS + BOUNDED
+                         + CONVENTIONS)
+def test_grader_forms_models_write(a, b, expected):
+    assert both(a, b) == (expected, expected)
+    assert grade("so \\boxed{" + a + "}.", b) == float(expected)
+
+
+def test_grader_forms_models_write_vote_together():
+    """The point of the looser rules is the vote: a long decimal, an assignment list, a chain with \\approx and
+    an "or" list join the class of the exact form they stand for, and a near miss starts its own class."""
+    assert vote_classes(["\\frac17", "0.142857142857143", "0.1428571429", "0.14"]) == [0, 0, 0, 1]
+    assert vote_classes(["(3,1),(5,1)", "m=3,n=1;m=5,n=1", "n=1,m=3;n=1,m=5"]) == [0, 0, 1]
+    assert vote_classes(["7", "y \\approx 7", "t = 3+4 \\approx 7.0", "y \\approx 8"]) == [0, 0, 0, 1]
+    assert vote_classes(["(9,4),(4,9)", "(4,9)or(9,4)", "(4,9)"]) == [0, 0, 1]
+
+
 # the new syntax (juxtaposed powers, sums, subscripts, relations) must stay as cheap on hostile input as the old
 NEW_HOSTILE = [
     " ".join(["9^{9999}"] * 110), "\\sin " + " ".join(["9^{9999}"] * 110), "\\sum_{k=1}^{n}" * 500 + "k",
     "\\sum_{k=1}^{10^{100}} k", "\\prod_{k=1}^{n}" * 39 + "k", "F_{" * 1000, "a_{" + "1" * 40 + "}",
     "-x>" * 1000, "x\\neq" * 300 + "1", "\\neq" * 1000, "Answer " * 10_000, "\\(" * 10_000, "\\[" * 10_000 + "1",
+    "y \\approx " * 500 + "7", "\\approx" * 1000, "a_b" * 1000 + "=1", "\\cdot " * 500 + "=1", "m+" * 1400 + "n=1",
+    "m=1,n=2," * 300, "m=1," * 1000 + "(1)", "(1)or" * 1000, "1or" * 2000, "0." + "3" * 290, "0." + "3" * 290 + "/7",
+    "1<|x|<" * 300 + "2", "2<g(t)<" * 300 + "5",
 ]
 
 
