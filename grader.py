@@ -83,6 +83,7 @@ _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
     (r"(?<![\d!\\])!=|\\neq?(?![a-zA-Z])|\\not\s*=", r"\\neq "),
     (r"(?<!\\);", ","),                                     # (0;-2;6): semicolons separate items
     (r"\\(?:left|right)(?![a-zA-Z])\.?", ""),              # \left( -> (, \right. -> ""
+    (r"\\[lr]?vert(?![a-zA-Z])", "|"),                      # \lvert x \rvert -> |x|
     (r"\\(?:displaystyle|textstyle|limits|nolimits)(?![a-zA-Z])", ""),
     (r"(\d),\\!\s*(?=\d)", r"\1,"),                          # 10,\!080 -> 10,080
     (r"\s*\{\s*,\s*\}\s*", ","),                                  # 14{,}916, 14 {, }916
@@ -92,7 +93,7 @@ _SIMPLE_SUBS = [(re.compile(p), r) for p, r in [
      r"|operatorname)(?![a-zA-Z])", r"\\text"),
     (r",?\s*\\text\s*\{\s*(?:or|and)\s*\}\s*", ","),          # x=1 \text{ or } x=2; 19, 46, \text{ and } 82
     # 6 and 8, (7,11) or (11,7), (4,9)or(9,4): after a number or a closing bracket, not inside a word (floor)
-    (r"(?<=[\d})\]])\s*,?\s*(?:or|and)(?![a-zA-Z])\s*(?=\S)", ","),
+    (r"(?<=[\d})\]])\s*,?\s*(?:or|and)(?:(?![a-zA-Z])|(?=[a-zA-Z]_?\w{0,3}\s*=))\s*(?=\S)", ","),   # x=3orx=4
     (r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a-zA-Z])", ""),
     (r"\\?%", ""),                                           # 50\% == 50
     (r"_\{(\d+)\}", r"_\1"),                                 # 204_{5} -> 204_5
@@ -189,8 +190,9 @@ def _has_letters(s: str) -> bool:
     return re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s)) is not None
 
 
-_BOUNDED = re.compile(rf"[a-zA-Z]|{_NAME}\([a-zA-Z]\)")   # x, or a function of it: 2 < g(t) < 5 is (2,5)
-_ABS = re.compile(r"\|[a-zA-Z]\|")                          # |w|: 2 \le |w| \le 3 is [-3,-2] \cup [2,3]
+# x, or a function of it: 2 < g(t) < 5 and -1 \le \sin x \le 1 are intervals, the function's range
+_BOUNDED = re.compile(rf"[a-zA-Z]|{_NAME}\([a-zA-Z]\)|\\[a-zA-Z]+ [a-zA-Z]")
+_ABS = re.compile(r"\|[a-zA-Z](?:([-+])([^|]+))?\|")        # |w|, |x-1|: 2 \le |w| \le 3 is [-3,-2] \cup [2,3]
 
 
 def _positive(s: str) -> bool:
@@ -198,22 +200,34 @@ def _positive(s: str) -> bool:
     return bool(s) and not _has_letters(s) and not re.search(r"[-+]|\\pm", s)
 
 
+def _centre(s: str) -> str | None:
+    """|x| -> "", |x-1| -> "1", |x+\\frac12| -> "-\\frac12" (the shift must be a plain positive value); else None."""
+    m = _ABS.fullmatch(s)
+    if not m or (m[1] and not _positive(m[2])):
+        return None
+    return "" if not m[1] else m[2] if m[1] == "-" else "-" + m[2]
+
+
 def _inequality_to_interval(s: str) -> str:
-    """x > 3 -> (3,\\infty); 1 <= x < 2 -> [1,2); 5 > g(t) > 2 -> (2,5); |x| < 3 -> (-3,3); 2 < |x| <= 3 ->
-    [-3,-2) \\cup (2,3]. An absolute value's bounds must be plain positive values. Anything else unchanged."""
+    """x > 3 -> (3,\\infty); 1 <= x < 2 -> [1,2); 5 > g(t) > 2 -> (2,5); |x| < 3 -> (-3,3); |x-1| < 2 ->
+    (1-2,1+2); 2 < |x| <= 3 -> [-3,-2) \\cup (2,3]. An absolute value's bounds must be plain positive
+    values. Anything else unchanged."""
     parts = [p.strip() for p in _INEQ_RE.split(s)]
     less = lambda op: op[0] == "<" or op.startswith(r"\l")
     closed = lambda op: op not in ("<", ">")
     flip = lambda op: (">" if less(op) else "<") + ("=" if closed(op) else "")
     left, right = lambda op: "[" if closed(op) else "(", lambda op: "]" if closed(op) else ")"
+    bounded = lambda t: _BOUNDED.fullmatch(t) or _centre(t) is not None
     if len(parts) == 3:
         lhs, op, rhs = parts
-        if (_BOUNDED.fullmatch(rhs) or _ABS.fullmatch(rhs)) and not (_BOUNDED.fullmatch(lhs) or _ABS.fullmatch(lhs)):
+        if bounded(rhs) and not bounded(lhs):
             lhs, rhs, op = rhs, lhs, flip(op)  # 3 < x  ->  x > 3
-        if _ABS.fullmatch(lhs) and _positive(rhs):
+        c = _centre(lhs)
+        at = lambda sign, v: f"{c}{sign}{v}" if c else sign.strip("+") + v    # centre -/+ v
+        if c is not None and _positive(rhs):
             if less(op):                          # |x| < 3
-                return left(op) + "-" + rhs + "," + rhs + right(op)
-            return f"(-\\infty,-{rhs}{right(op)}\\cup{left(op)}{rhs},\\infty)"
+                return left(op) + at("-", rhs) + "," + at("+", rhs) + right(op)
+            return f"(-\\infty,{at('-', rhs)}{right(op)}\\cup{left(op)}{at('+', rhs)},\\infty)"
         if not _BOUNDED.fullmatch(lhs) or not rhs or _has_letters(rhs):
             return s
         if less(op):
@@ -225,10 +239,13 @@ def _inequality_to_interval(s: str) -> str:
         lo, op1, mid, op2, hi = parts
         if _BOUNDED.fullmatch(mid) and lo and hi and not _has_letters(lo) and not _has_letters(hi):
             return left(op1) + lo + "," + hi + right(op2)
-        if _ABS.fullmatch(mid) and _positive(lo) and _positive(hi):
+        c = _centre(mid)
+        at = lambda sign, v: f"{c}{sign}{v}" if c else sign.strip("+") + v
+        if c is not None and _positive(lo) and _positive(hi):
             if _as_fraction(lo) == 0 and closed(op1):    # 0 <= |x| < 3: one interval
-                return left(op2) + "-" + hi + "," + hi + right(op2)
-            return f"{left(op2)}-{hi},-{lo}{right(op1)}\\cup{left(op1)}{lo},{hi}{right(op2)}"
+                return left(op2) + at("-", hi) + "," + at("+", hi) + right(op2)
+            return (f"{left(op2)}{at('-', hi)},{at('-', lo)}{right(op1)}\\cup"
+                    f"{left(op1)}{at('+', lo)},{at('+', hi)}{right(op2)}")
     return s
 
 

@@ -2325,7 +2325,7 @@ ASSIGNMENTS = [
 # 11. "or" joins alternatives with or without spaces, after a number or a closing bracket, not inside a word
 OR_JOINED = [
     ("(4,9)or(9,4)", "(9,4),(4,9)", True), ("(4,9)or(9,4)", "(4,9)\\text{ or }(9,4)", True), ("3or4", "4,3", True),
-    ("2and3", "2,3", True), ("\\{1\\}or\\{2\\}", "1,2", True),
+    ("2and3", "2,3", True), ("\\{1\\}or\\{2\\}", "1,2", True), ("x=4orx=9", "4,9", True), ("x=4orx=9", "9", False),
     ("(4,9)or(9,4)", "(4,9)", False), ("(4,9)or(9,4)", "(4,9),(9,5)", False), ("\\text{for}", "f", False),
     ("\\lfloor x\\rfloor", "\\lfloor x\\rfloor", True), ("\\lfloor x\\rfloor", "x", False), ("5 orders", "5", False),
 ]
@@ -2349,9 +2349,12 @@ BOUNDED = [
     ("2\\le|w|\\le3", "[-3,-2]\\cup[2,3]", True), ("2<|w|\\le3", "[-3,-2)\\cup(2,3]", True), ("|x|<3", "(-3,3)", True),
     ("|x|\\ge 3", "(-\\infty,-3]\\cup[3,\\infty)", True), ("3<|x|", "|x|>3", True), ("0\\le|x|<3", "(-3,3)", True),
     ("0<|x|<3", "(-3,0)\\cup(0,3)", True), ("|x|<\\frac{1}{2}", "(-0.5,0.5)", True), ("5>x>2", "2<x<5", True),
+    ("|x-1|<2", "(-1,3)", True), ("|x+1|\\le 2", "[-3,1]", True), ("1<|x-2|<3", "(-1,1)\\cup(3,5)", True),
+    ("\\lvert x \\rvert < 3", "(-3,3)", True), ("-1\\le\\sin x\\le 1", "[-1,1]", True),
     ("2<g(t)<5", "(-\\infty,2)\\cup(5,\\infty)", False), ("2>g(t)>5", "(2,5)", False), ("2<g(t)<5", "[2,5]", False),
     ("2\\le|w|\\le3", "[-3,3]", False), ("2\\le|w|\\le3", "[2,3]", False), ("2<|w|\\le3", "(-3,-2]\\cup[2,3)", False),
-    ("|x|<3", "[-3,3]", False), ("|x|>3", "(-3,3)", False), ("|x-1|<2", "(-1,3)", False), ("|x|<-1", "(1,-1)", False),
+    ("|x|<3", "[-3,3]", False), ("|x|>3", "(-3,3)", False), ("|x|<-1", "(1,-1)", False), ("|x-1|<2", "(-3,1)", False),
+    ("|x-1|>2", "(-1,3)", False), ("|x-y|<2", "(-2,2)", False), ("|x|-1<2", "(-3,3)", False),
 ]
 
 # 14. conventions, decided: a comma separates items (1,22 is two numbers, not a decimal comma; a comma before
