@@ -953,8 +953,9 @@ def _tuples(kind: str, payload) -> bool:
 def _equiv_cached(a: str, b: str) -> bool:
     (ka, pa), (kb, pb) = _shape(a), _shape(b)
     for (k1, p1), (k2, p2), other in (((ka, pa), (kb, pb), b), ((kb, pb), (ka, pa), a)):
-        if k1 == "set" and _tuples(k2, p2) and _assigned_tuples(p1) is not None:   # m=3,n=1 vs (3,1)
-            return _equiv_norm(_assigned_tuples(p1), other)
+        tuples = _assigned_tuples(p1) if k1 == "set" and _tuples(k2, p2) else None
+        if tuples is not None:                    # m=3,n=1 vs (3,1)
+            return _equiv_norm(tuples, other)
     norm = lambda items: [_normalize(x.strip(), top=False) for x in items[:MAX_ITEMS + 1]]
     if ka != kb:      # a one-element set {5} equals its element 5
         if ka == "set" and len(pa) == 1:

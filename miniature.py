@@ -3,6 +3,7 @@
     python miniature.py                  # every run (finished ones are skipped), then figures and the table
     python miniature.py srt-s0 gold-s0   # only these runs, then figures and the table
     python miniature.py --report         # figures and table from the finished runs only
+    python miniature.py --group rewards  # the label-free rewards side by side (docs/rewards.md), its own budget
 
 Each run is a plain `python selftrain.py ...` command (printed, and listed in docs/miniature.md), writing to
 out-mini/<name>/. The results table in docs/miniature.md (between the `miniature` markers) and the PNGs in
@@ -62,6 +63,17 @@ RUNS["offline-s0"] = BASE + STEPS + ["--lr", LR, "--label", "offline"] + TEACHER
 ORDER = ["collapse-gold-s0", "collapse-s0", "online-filter", "collapse-s1", "collapse-s2", "offline-labels",
          "curriculum", "offline-s0"]
 ORDER += [n for n in RUNS if n not in ORDER]
+
+# Group `rewards` (python miniature.py --group rewards; docs/rewards.md): the label-free signals side by side on
+# the same loop, against SRT and gold RL from the suite above: each at the claims' rate on 3 seeds, and at the
+# collapse rate for MITIGATION_STEPS steps on seed 0 (against collapse-s0 and collapse-gold-s0 where they ran).
+SIGNALS = {"self-certainty": "self_certainty", "neg-entropy": "neg_entropy"}
+for name, signal in SIGNALS.items():
+    for s in SEEDS:
+        RUNS[f"{name}-s{s}"] = BASE + STEPS + ["--lr", LR, "--seed", str(s), "--reward", signal]
+    RUNS[f"collapse-{name}-s0"] = LONG + ["--reward", signal]
+REWARD_RUNS = [f"{k}-s{s}" for s in SEEDS for k in ("srt", "gold", *SIGNALS)] + [f"collapse-{k}-s0" for k in SIGNALS]
+GROUPS = {"claims": ORDER, "rewards": REWARD_RUNS}
 
 
 def flag(flags, name, default=None):
@@ -402,8 +414,8 @@ def table(rows, r):
     if said:
         head = next(iter(said.values()))
         out += ["", "What the collapsed policies answer (one sample each for the first held-out problems):", "",
-                "| run | " + " | ".join(f"`{p}` = {a}" for p, a, _ in head) + " |", "|---|" + "---|" * len(head)]
-        out += [f"| {n} | " + " | ".join(str(x) for _, _, x in said[n]) + " |" for n in said]
+                "| run | " + " | ".join(f"`{p}` = {a}" for p, a, _, _ in head) + " |", "|---|" + "---|" * len(head)]
+        out += [f"| {n} | " + " | ".join(str(x) for _, _, x, _ in said[n]) + " |" for n in said]
     return "\n".join(out)
 
 
@@ -422,7 +434,8 @@ def sitting():
 
 
 def answers(name, n=6):
-    """One sampled answer of a run's final policy to each of the first n held-out problems (seeded)."""
+    """(problem, gold, extracted answer, response text): one sample of a run's final policy for each of the
+    first n held-out problems (seeded)."""
     import torch
     from model import encode_prompts, load_model, rollout, stop_token_ids
     from rewards import extract_answer
@@ -432,7 +445,7 @@ def answers(name, n=6):
     torch.manual_seed(0)
     outs = rollout(model, tok, encode_prompts(tok, [r["problem"] for r in rows], 64), 1, int(flag(BASE, "--max_new_tokens")),
                    stop_ids=stop_token_ids(model, tok))
-    return [(r["problem"], r["answer"], extract_answer(o.text)) for r, o in zip(rows, outs)]
+    return [(r["problem"], r["answer"], extract_answer(o.text), o.text) for r, o in zip(rows, outs)]
 
 
 def report():
@@ -451,20 +464,111 @@ def report():
         open(page, "w").write(doc)
 
 
+# ------------------------------------------------------------------------------------------------------
+# Group `rewards`: the label-free signals side by side (docs/rewards.md)
+
+ARMS = {"srt": "majority", "self-certainty": "self_certainty", "neg-entropy": "neg_entropy", "gold": None}
+
+
+def ranking(metrics, signal, steps=None):
+    """The mean over steps (all, or those in `steps`) of a signal's pairwise ranking accuracy against gold."""
+    xs = [m["rank_acc"][signal] for m in metrics if (steps is None or m["step"] in steps)
+          and (m.get("rank_acc") or {}).get(signal) is not None]
+    return statistics.mean(xs) if xs else None
+
+
+def arm_row(r, arm, signal):
+    """One signal's row over the seeds it finished: gains, gain / gold's, ranking, length correlation, collapse."""
+    done = [s for s in SEEDS if r.get(f"{arm}-s{s}")]
+    if not done:
+        return f"| {arm} | not run |" + " |" * 7
+    ev = {s: r[f"{arm}-s{s}"][0] for s in done}
+    me = {s: r[f"{arm}-s{s}"][1] for s in done}
+    rel = [gain(ev[s]) / gain(r[f"gold-s{s}"][0]) for s in done if r.get(f"gold-s{s}") and gain(r[f"gold-s{s}"][0])]
+    rank0 = mean_sd([ranking(me[s], signal, {1}) for s in done if signal and ranking(me[s], signal, {1}) is not None])
+    rank = mean_sd([ranking(me[s], signal) for s in done if signal and ranking(me[s], signal) is not None])
+    corr = mean_sd([statistics.mean(m["len_corr"][signal] for m in me[s] if (m.get("len_corr") or {}).get(signal)
+                                    is not None) for s in done if signal])
+    falls = [peak_and_fall(ev[s], 0.10)[1] for s in done]
+    return (f"| {arm} | {len(done)} | {fmt(*mean_sd([gain(ev[s]) for s in done]))} | "
+            f"{fmt(*mean_sd([gain(ev[s], 'maj') for s in done]))} | {fmt(*mean_sd(rel), pct=False)} | "
+            f"{fmt(*rank0, pct=False)} | {fmt(*rank, pct=False)} | {fmt(*corr, pct=False)} | "
+            f"{', '.join(str(f) if f else 'no' for f in falls)} |")
+
+
+def collapse_row(r, name):
+    """A run at the collapse rate: peak and end avg@8, the fall, length and entropy at the end, its answers."""
+    if not r.get(name):
+        return f"| {name} | not run |" + " |" * 5
+    ev, me = r[name]
+    peak, fall = peak_and_fall(ev, 0.10)
+    best = next(e["avg"] for e in ev if e["step"] == peak)
+    last = me[-10:]
+    end = lambda t: "`…" + t[-24:].replace("\n", " ").replace("|", "/").replace("`", "'") + "`"   # a response's end
+    said = ", ".join(str(a) if a is not None else "none: " + end(t) for _, _, a, t in answers(name, 4))
+    return (f"| {name} | {ev[0]['avg']:.3f} → {best:.3f} (step {peak}) → {ev[-1]['avg']:.3f} | {fall or 'no'} | "
+            f"{statistics.mean(m['resp_len'] for m in last):.0f} | {statistics.mean(m['entropy'] or 0 for m in last):.3f} "
+            f"| {said} |")
+
+
+def rewards_report():
+    """The comparison table (between the `rewards` markers of docs/rewards.md) and figures/rewards.png."""
+    from tiny import tiny_heldout
+    r = {n: read(n) for n in REWARD_RUNS + ["collapse-s0", "collapse-gold-s0"]}
+    out = [f"At lr {LR}, 80 steps (held-out avg@8 / maj@8 on {flag(BASE, '--eval_limit')} problems; gains are the "
+           "best eval's over step 0's, in points; ranking: pairwise accuracy of the signal against gold within "
+           "groups, 0.5 = chance, at step 1 and over all steps; length: the signal's within-group correlation "
+           "with response length; fell: the step where avg@8 (mean of two evals) was 10 points below its peak):", "",
+           "| signal | seeds | avg@8 gain | maj@8 gain | gain / gold's | ranking at step 1 | ranking, all steps | "
+           "length corr. | fell 10 pts |", "|---|---|---|---|---|---|---|---|---|"]
+    out += [arm_row(r, arm, signal) for arm, signal in ARMS.items()]
+    fell = [f"{k}-s{s}" for k in SIGNALS for s in SEEDS if r.get(f"{k}-s{s}")
+            and peak_and_fall(r[f"{k}-s{s}"][0], 0.10)[1]]
+    out += ["", f"At the collapse rate, lr {COLLAPSE_LR}, seed 0, and the runs above that fell (resp. length and "
+            "entropy: means of the last 10 steps; answers: one sample each to the first held-out problems, "
+            + ", ".join(f"`{row['problem']}` = {row['answer']}" for row in tiny_heldout(task=EVAL)[:4])
+            + "):", "", "| run | avg@8: start → peak → end | fell 10 pts | resp. length | entropy | answers |",
+            "|---|---|---|---|---|---|"]
+    out += [collapse_row(r, n) for n in [f"collapse-{k}-s0" for k in SIGNALS] + ["collapse-s0", "collapse-gold-s0"]
+            + fell]
+    secs = sum(json.load(open(os.path.join(OUT, n, "done.json")))["seconds"] for n in REWARD_RUNS if r.get(n))
+    out += ["", f"{sum(bool(r.get(n)) for n in REWARD_RUNS)} of the group's {len(REWARD_RUNS)} runs finished, "
+            f"{secs / 60:.0f} run-minutes. Every run's flags begin with `{' '.join(BASE)}`."]
+    text = "\n".join(out)
+    print(text)
+    page = os.path.join(ROOT, "docs", "rewards.md")
+    doc = open(page).read()
+    a, b = "<!-- rewards:start -->", "<!-- rewards:end -->"
+    open(page, "w").write(doc[:doc.index(a) + len(a)] + "\n" + text + "\n" + doc[doc.index(b):])
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return print("matplotlib is not installed: no figure")
+    names = [f"{k}-s0" for k in ARMS] + [f"collapse-{k}-s0" for k in SIGNALS]
+    runs = [(n, read_run(os.path.join(OUT, n)), {"linestyle": "--"} if "collapse" in n else {}) for n in names if r.get(n)]
+    if runs:
+        os.makedirs(FIGS, exist_ok=True)
+        plt.close(draw(runs, os.path.join(FIGS, "rewards.png"), f"Label-free rewards side by side, seed 0: lr {LR} "
+                       f"(solid) and lr {COLLAPSE_LR} (dashed); the reward panel mixes units (0/1 and nats)"))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", help=f"run names (default: all): {', '.join(RUNS)}")
     p.add_argument("--jobs", type=int, default=2, help="runs at once; each gets cores // jobs threads")
     p.add_argument("--report", action="store_true", help="only regenerate the figures and the table")
+    p.add_argument("--group", choices=list(GROUPS), default="claims",
+                   help="claims: the paper's claims (default); rewards: the label-free signals side by side")
     a = p.parse_args()
     unknown = [n for n in a.runs if n not in RUNS]
     if unknown:
         raise SystemExit(f"unknown runs {unknown}; known: {list(RUNS)}")
     if not a.report:
         from tiny import tiny_warmup  # build each seed's start policy once, before runs share it
-        for task, s in sorted({(flag(RUNS[n], "--model", "tiny"), int(flag(RUNS[n], "--seed", 0))) for n in a.runs or RUNS}):
+        names = a.runs or GROUPS[a.group]
+        for task, s in sorted({(flag(RUNS[n], "--model", "tiny"), int(flag(RUNS[n], "--seed", 0))) for n in names}):
             tiny_warmup(s, task)
         threads = max(1, (os.cpu_count() or 2) // a.jobs)
         with ThreadPoolExecutor(a.jobs) as pool:
-            list(pool.map(lambda n: run(n, threads), a.runs or ORDER))
-    report()
+            list(pool.map(lambda n: run(n, threads), names))
+    report() if a.group == "claims" else rewards_report()

@@ -2137,6 +2137,51 @@ def test_miniature_claims_are_computed_from_the_runs(tmp_path, monkeypatch):
     assert not miniature.extends(["--lr", "1e-4", "--steps", "100"], ["--lr", "1e-4", "--steps", "60"])
 
 
+
+def test_miniature_rewards_table_is_computed_from_the_runs(tmp_path, monkeypatch):
+    import miniature
+    monkeypatch.setattr(miniature, "OUT", str(tmp_path / "out"))
+    monkeypatch.setattr(miniature, "ROOT", str(tmp_path))
+    monkeypatch.setattr(miniature, "FIGS", str(tmp_path / "figures"))
+    monkeypatch.setattr(miniature, "answers", lambda name, n=6: [("1+1", "2", None, "1+1=1111111111")] * n)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "rewards.md").write_text("head\n<!-- rewards:start -->\nSTALE\n<!-- rewards:end -->\ntail\n")
+
+    def fake(name, avgs, rank, corr):
+        d = tmp_path / "out" / name
+        d.mkdir(parents=True)
+        (d / "done.json").write_text(json.dumps({"flags": miniature.RUNS[name], "seconds": 120}))
+        (d / "eval.jsonl").write_text("".join(json.dumps({"step": 10 * i, miniature.EVAL: {"avg": a, "maj": a}})
+                                              + "\n" for i, a in enumerate(avgs)))
+        signals = {s: rank[s] for s in runtime.SIGNALS}
+        (d / "metrics.jsonl").write_text("".join(json.dumps(
+            {"step": k, "reward": 0.5, "resp_len": 40, "entropy": 0.2, "kl": 0.0,
+             "rank_acc": {s: v[min(k - 1, len(v) - 1)] for s, v in signals.items()},
+             "len_corr": dict.fromkeys(runtime.SIGNALS, corr)}) + "\n" for k in range(1, 4)))
+
+    ranks = {"majority": [0.9, 1.0], "self_certainty": [0.7, 0.5], "neg_entropy": [0.6, 0.6]}
+    fake("srt-s0", [0.3, 0.4, 0.45], ranks, 0.0)
+    fake("gold-s0", [0.3, 0.5, 0.5], ranks, 0.0)
+    fake("self-certainty-s0", [0.3, 0.3, 0.05, 0.0], ranks, 0.4)   # falls: the mean of two evals 0.175 at step 20
+    fake("neg-entropy-s0", [0.3, 0.35, 0.35], ranks, 0.2)
+    miniature.rewards_report()
+    page = (tmp_path / "docs" / "rewards.md").read_text()
+    assert page.startswith("head\n<!-- rewards:start -->\n") and page.endswith("<!-- rewards:end -->\ntail\n")
+    assert "STALE" not in page
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in page.splitlines() if line.startswith("| ")}
+    assert rows["srt"][1:6] == ["1", "+15.0", "+15.0", "0.75", "0.90"]     # best minus step 0; / gold's +20
+    assert rows["self-certainty"][2] == "+0.0" and rows["self-certainty"][5:8] == ["0.70", "0.57", "0.40"]
+    assert rows["self-certainty"][8] == "20 |" and rows["neg-entropy"][8] == "no |" and rows["gold"][4] == "1.00"
+    assert rows["collapse-self-certainty-s0"][1] == "not run"                    # not run: said, not invented
+    fell = rows["self-certainty-s0"]                                            # a fallen run shows what it says
+    assert fell[1].startswith("0.300 → 0.300 (step 0) → 0.000") and "none: `…1+1=1111111111`" in fell[-1]
+    assert "4 of the group's 14 runs finished, 8 run-minutes" in page
+    try:
+        import matplotlib  # noqa: F401
+        assert os.listdir(tmp_path / "figures") == ["rewards.png"]       # through plot.py's drawing
+    except ImportError:
+        pass
+
 # ------------------------------------------------------------- the grader: forms other graders accept, one table a rule
 # Each rule with both verdicts, every pair checked in both directions: a false positive is worse than a miss.
 
