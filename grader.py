@@ -119,11 +119,13 @@ _FRAC_RE = re.compile(r"([+-]?)(?:\\frac\{(\d+)\}\{(\d+)\}|(\d+)/(\d+))")
 _MIXED_RE = re.compile(r"(-?)(\d+)\\frac\{(\d+)\}\{(\d+)\}")
 _INEQ_RE = re.compile(r"(<=|>=|<|>|\\[lg]eq?(?:slant)?(?![a-zA-Z]))")
 # What may stand left of "=" as a mere name: x, a_3, S_{PQR}, f(x), |AB|, \theta, (p,q).
-_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+|_\{\w+\})?"
+_NAME = r"(?:[a-zA-Z]{1,3}|\\[a-zA-Z]+)(?:_\w+|_\{[^{}]{1,40}\})?"
 _LHS_RE = re.compile(rf"\|?{_NAME}(?:\([a-zA-Z]\))?\|?|\((?:{_NAME},)+{_NAME}\)")
 # A left side that names a quantity built from named ones, with no number in it: m+n, AB/CD, u:v, S_{PQR}:S,
-# \frac{AB}{CD}. It is a label only before a value (m+n = 17); x+y = 2x+3 stays an equation.
-_FACTOR = r"(?:[a-zA-Z]|\\[a-zA-Z]+(?![a-zA-Z]) ?)(?:_(?:\d+(?!\d)|[a-zA-Z]|\{\w+\}))?"  # one way to match: linear
+# \frac{AB}{CD}, [ABC], |AB|:|CD|, \angle ABC, \overline{AB}. It is a label only before a value (m+n = 17);
+# x+y = 2x+3 stays an equation. Each factor matches one way only, so a failed match is linear.
+_FACTOR = (r"(?:[a-zA-Z]|\\[a-zA-Z]+(?![a-zA-Z]) ?|\[[a-zA-Z]+\]|\|[a-zA-Z]+\|"
+           r"|\\(?:overline|bar|vec|hat|angle|triangle)\{[a-zA-Z]+\})(?:_(?:\d+(?!\d)|[a-zA-Z]|\{[^{}]{1,40}\}))?")
 _QTY = rf"(?:{_FACTOR})+(?:[-+*/:](?:{_FACTOR})+)*"
 _QUANTITY_RE = re.compile(rf"{_QTY}|\\frac\{{{_QTY}\}}\{{{_QTY}\}}")
 # A label normalisation may drop: a plain name, not f(x) or \cos(x), which say what the value is of.
@@ -308,7 +310,7 @@ def _normalize(s: str, top: bool = True) -> str:
     if _THOUSANDS.fullmatch(s):                  # before squeezing: "100, 200" is a list
         s = s.replace(",", "").replace(" ", "")
     s = _squeeze(s)
-    s = re.sub(r"^[a-zA-Z]\\in(?![a-zA-Z])", "", s)  # x \in [1,2] -> [1,2]
+    s = re.sub(rf"^(?:{_BOUNDED.pattern})\\in(?![a-zA-Z])", "", s)  # x \in [1,2], g(t) \in (2,5) -> the interval
     if top:
         s = _strip_names(s)
     s = _inequality_to_interval(s)

@@ -2352,10 +2352,12 @@ APPROX = [
 QUANTITY_LABELS = [
     ("\\frac{AB}{CD}=\\frac{2}{\\sqrt5}", "\\frac{2\\sqrt{5}}{5}", True), ("S_{PQR}:S=3:11", "3:11", True),
     ("u:v=2", "2", True), ("m+n=17", "17", True), ("AB/CD = 0.5", "\\frac12", True), ("S_{PQR}=5", "5", True),
-    ("a_{37}/b = 2", "2", True), ("m \\cdot n = 6", "6", True),
+    ("a_{37}/b = 2", "2", True), ("m \\cdot n = 6", "6", True), ("[ABC]=12", "12", True), ("|AB|:|CD|=2", "2", True),
+    ("\\angle ABC = 30^\\circ", "30", True), ("\\overline{AB}=5", "5", True), ("S_{\\triangle ABC}=6", "6", True),
     ("\\frac{AB}{CD}=\\frac{2}{\\sqrt5}", "\\frac{\\sqrt{5}}{2}", False), ("S_{PQR}:S=3:11", "11:3", False),
     ("\\frac{AB}{CD}=2", "\\frac{CD}{AB}=2", False), ("u:v=2", "v:u=2", False), ("u:v=2", "\\frac12", False),
     ("x+1=5", "5", False), ("2x=10", "10", False), ("x+y=2x+3", "2x+3", False), ("m+n=17", "18", False),
+    ("\\sqrt{x}=5", "5", False), ("AB^2=25", "25", False), ("[ABC]=12", "13", False),
 ]
 
 # 10. assignments name a tuple's entries in the order written; a list of them is a list of tuples
@@ -2395,7 +2397,7 @@ BOUNDED = [
     ("|x|\\ge 3", "(-\\infty,-3]\\cup[3,\\infty)", True), ("3<|x|", "|x|>3", True), ("0\\le|x|<3", "(-3,3)", True),
     ("0<|x|<3", "(-3,0)\\cup(0,3)", True), ("|x|<\\frac{1}{2}", "(-0.5,0.5)", True), ("5>x>2", "2<x<5", True),
     ("|x-1|<2", "(-1,3)", True), ("|x+1|\\le 2", "[-3,1]", True), ("1<|x-2|<3", "(-1,1)\\cup(3,5)", True),
-    ("\\lvert x \\rvert < 3", "(-3,3)", True), ("-1\\le\\sin x\\le 1", "[-1,1]", True),
+    ("\\lvert x \\rvert < 3", "(-3,3)", True), ("-1\\le\\sin x\\le 1", "[-1,1]", True), ("g(t) \\in (2,5)", "2<g(t)<5", True),
     ("2<g(t)<5", "(-\\infty,2)\\cup(5,\\infty)", False), ("2>g(t)>5", "(2,5)", False), ("2<g(t)<5", "[2,5]", False),
     ("2\\le|w|\\le3", "[-3,3]", False), ("2\\le|w|\\le3", "[2,3]", False), ("2<|w|\\le3", "(-3,-2]\\cup[2,3)", False),
     ("|x|<3", "[-3,3]", False), ("|x|>3", "(-3,3)", False), ("|x|<-1", "(1,-1)", False), ("|x-1|<2", "(-3,1)", False),
