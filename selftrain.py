@@ -467,8 +467,8 @@ def main(cfg):
         evals[0] = held_out_eval(sampler, tokenizer, eval_sets, 0, cfg, device, wb)
         keep_best(model, tokenizer, evals[0], 0, best, val, cfg)
     roll = functools.partial(roll_out, sampler, tokenizer, prompt_ids, cfg, stop_ids)  # roll(batch) -> rollouts
-    step, bar = start, tqdm(range(start, cfg.steps), initial=start, total=cfg.steps,
-                            desc="SRT" if cfg.label == "majority" else "RL")
+    name = cfg.reward if cfg.reward != "majority" else "SRT" if cfg.label == "majority" else "RL"
+    step, bar = start, tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=name)
     for step in bar:
         t0 = time.time()
         if device.type == "cuda":
