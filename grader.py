@@ -188,6 +188,11 @@ def _rounds_to(x: Fraction, r: Fraction) -> bool:
     return len(str(digits)) >= DECIMAL_DIGITS and digits in (int(scaled), int(scaled + Fraction(1, 2)))
 
 
+def _decimal_equal(a: Fraction, b: Fraction) -> bool:
+    """Two distinct rationals are one answer only if either is the other's long decimal (_rounds_to)."""
+    return _rounds_to(a, b) or _rounds_to(b, a)
+
+
 def _has_letters(s: str) -> bool:
     return re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s)) is not None
 
@@ -220,16 +225,16 @@ def _inequality_to_interval(s: str) -> str:
     flip = lambda op: (">" if less(op) else "<") + ("=" if closed(op) else "")
     left, right = lambda op: "[" if closed(op) else "(", lambda op: "]" if closed(op) else ")"
     bounded = lambda t: _BOUNDED.fullmatch(t) or _centre(t) is not None
+    at = lambda c, sign, v: f"{c}{sign}{v}" if c else sign.strip("+") + v    # the centre c -/+ v
     if len(parts) == 3:
         lhs, op, rhs = parts
         if bounded(rhs) and not bounded(lhs):
             lhs, rhs, op = rhs, lhs, flip(op)  # 3 < x  ->  x > 3
         c = _centre(lhs)
-        at = lambda sign, v: f"{c}{sign}{v}" if c else sign.strip("+") + v    # centre -/+ v
         if c is not None and _positive(rhs):
             if less(op):                          # |x| < 3
-                return left(op) + at("-", rhs) + "," + at("+", rhs) + right(op)
-            return f"(-\\infty,{at('-', rhs)}{right(op)}\\cup{left(op)}{at('+', rhs)},\\infty)"
+                return left(op) + at(c, "-", rhs) + "," + at(c, "+", rhs) + right(op)
+            return f"(-\\infty,{at(c, '-', rhs)}{right(op)}\\cup{left(op)}{at(c, '+', rhs)},\\infty)"
         if not _BOUNDED.fullmatch(lhs) or not rhs or _has_letters(rhs):
             return s
         if less(op):
@@ -242,12 +247,11 @@ def _inequality_to_interval(s: str) -> str:
         if _BOUNDED.fullmatch(mid) and lo and hi and not _has_letters(lo) and not _has_letters(hi):
             return left(op1) + lo + "," + hi + right(op2)
         c = _centre(mid)
-        at = lambda sign, v: f"{c}{sign}{v}" if c else sign.strip("+") + v
         if c is not None and _positive(lo) and _positive(hi):
             if _as_fraction(lo) == 0 and closed(op1):    # 0 <= |x| < 3: one interval
-                return left(op2) + at("-", hi) + "," + at("+", hi) + right(op2)
-            return (f"{left(op2)}{at('-', hi)},{at('-', lo)}{right(op1)}\\cup"
-                    f"{left(op1)}{at('+', lo)},{at('+', hi)}{right(op2)}")
+                return left(op2) + at(c, "-", hi) + "," + at(c, "+", hi) + right(op2)
+            return (f"{left(op2)}{at(c, '-', hi)},{at(c, '-', lo)}{right(op1)}\\cup"
+                    f"{left(op1)}{at(c, '+', lo)},{at(c, '+', hi)}{right(op2)}")
     return s
 
 
@@ -722,7 +726,7 @@ def _sympy_equal(a, b) -> bool:
         return False
     if a.is_Rational and b.is_Rational:           # exact: a != b, unless one is the other's long decimal
         fa, fb = Fraction(int(a.p), int(a.q)), Fraction(int(b.p), int(b.q))
-        return _rounds_to(fa, fb) or _rounds_to(fb, fa)
+        return _decimal_equal(fa, fb)
     symbols = sorted(a.free_symbols | b.free_symbols, key=str)
     if len(symbols) > 8:
         return False
@@ -1091,7 +1095,7 @@ def _equal(a: str, b: str, deadline: float) -> bool:
         return False
     fa, fb = _as_fraction(a), _as_fraction(b)
     if fa is not None and fb is not None:          # distinct canonical numbers: one may be the other's
-        return _rounds_to(fa, fb) or _rounds_to(fb, fa)    # long decimal
+        return _decimal_equal(fa, fb)    # long decimal
     key = (min(a, b), max(a, b))
     if key not in _verdicts:
         seconds = deadline - time.monotonic()

@@ -485,8 +485,9 @@ def arm_row(r, arm, signal):
     ev = {s: r[f"{arm}-s{s}"][0] for s in done}
     me = {s: r[f"{arm}-s{s}"][1] for s in done}
     rel = [gain(ev[s]) / gain(r[f"gold-s{s}"][0]) for s in done if r.get(f"gold-s{s}") and gain(r[f"gold-s{s}"][0])]
-    rank0 = mean_sd([ranking(me[s], signal, {1}) for s in done if signal and ranking(me[s], signal, {1}) is not None])
-    rank = mean_sd([ranking(me[s], signal) for s in done if signal and ranking(me[s], signal) is not None])
+    ranks0 = [ranking(me[s], signal, {1}) for s in done] if signal else []    # step 1 only, then all steps
+    ranks = [ranking(me[s], signal) for s in done] if signal else []
+    rank0, rank = mean_sd([x for x in ranks0 if x is not None]), mean_sd([x for x in ranks if x is not None])
     corr = mean_sd([statistics.mean(m["len_corr"][signal] for m in me[s] if (m.get("len_corr") or {}).get(signal)
                                     is not None) for s in done if signal])
     falls = [peak_and_fall(ev[s], 0.10)[1] for s in done]
